@@ -1,0 +1,167 @@
+"""Callbacks that write results: the prediction file and the best adapter in peft's own format.
+
+Both write to a temporary name and rename, so a file or folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from weibo_sentiment.data import Post
+from weibo_sentiment.errors import UserError
+
+SENTIMENTS = ("negative", "positive")
+"""The name of each label: 0 = negative, 1 = positive."""
+OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+
+
+def prediction_rows(posts: list[Post], probabilities: torch.Tensor, text_column: str) -> list[dict[str, Any]]:
+    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive."""
+    confidence, labels = probabilities.max(dim=-1)
+    rows = []
+    for post, label, conf, probs in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist()):
+        row: dict[str, Any] = {} if post.id is None else {"id": post.id}
+        row.update(
+            {
+                text_column: post.text,
+                "label": label,
+                "sentiment": SENTIMENTS[label] if label < len(SENTIMENTS) else str(label),
+                "confidence": round(conf, 6),
+                "prob_positive": round(probs[1], 6),
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes one row per input post, in input order, to CSV (default), TSV or JSONL (chosen by the suffix).
+
+    Rows are streamed to a temporary file beside the output and renamed at the end, so the output path holds a
+    complete file or none (an interrupted run leaves any previous file untouched).
+    """
+
+    def __init__(self, output_path: Optional[str] = None) -> None:
+        """
+        Args:
+            output_path: where to write the predictions (.csv, .tsv or .jsonl);
+                default: ``predictions.csv`` in ``trainer.default_root_dir``.
+        """
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self._file: Optional[IO[str]] = None
+        self._csv: Optional[csv.DictWriter] = None
+        self.rows_written = 0
+
+    def _target(self, trainer: pl.Trainer) -> Path:
+        path = Path(self.output_path or Path(trainer.default_root_dir) / "predictions.csv")
+        if path.suffix.lower() not in OUTPUT_FORMATS:
+            raise UserError(f"{path}: predictions are written as .csv, .tsv or .jsonl; change the file's suffix")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory; give predict_writer.output_path a file name")
+        return path
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.target = self._target(trainer)
+        self.format = OUTPUT_FORMATS[self.target.suffix.lower()]
+        self.text_column = getattr(trainer.datamodule, "text_column", "review")
+        self.rows_written = 0
+        if trainer.is_global_zero:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
+            self._file = os.fdopen(handle, "w", encoding="utf-8", newline="")
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Optional[Any],
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if self._file is None:
+            return
+        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column)
+        if self.format == "jsonl":
+            self._file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        else:
+            if self._csv is None:
+                delimiter = "\t" if self.format == "tsv" else ","
+                self._csv = csv.DictWriter(self._file, fieldnames=list(rows[0]), delimiter=delimiter)
+                self._csv.writeheader()
+            self._csv.writerows(rows)
+        self.rows_written += len(rows)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._file is None:
+            return
+        self._close()
+        os.replace(self._tmp_path, self.target)
+        rank_zero_info(f"Wrote {self.rows_written} predictions to {self.target}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            self._close()
+            Path(self._tmp_path).unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file, self._csv = None, None
+
+
+def export_adapter(peft_model: Any, out_dir: Path) -> None:
+    """Save a peft model's adapter (``adapter_config.json`` + ``adapter_model.safetensors``) to ``out_dir``, atomically.
+
+    The folder is written beside the target and swapped in, so ``out_dir`` always holds one complete adapter.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    peft_model.save_pretrained(str(staging))
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if out_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class AdapterCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder.
+
+    The adapter lands in ``<run folder>/adapter`` (beside ``checkpoints/``), loadable with plain
+    ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``.
+    """
+
+    def __init__(self, *args: Any, adapter_dirname: str = "adapter", **kwargs: Any) -> None:
+        """
+        Args:
+            adapter_dirname: name of the adapter folder, beside the checkpoint folder.
+            *args, **kwargs: as for ``ModelCheckpoint``.
+        """
+        super().__init__(*args, **kwargs)
+        self.adapter_dirname = adapter_dirname
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.dirpath).parent / self.adapter_dirname
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # ModelCheckpoint funnels every save (top-k, last, on exception) through here; a new best has just been
+        # recorded in best_model_path when the file being saved is that one, and the module holds its weights.
+        super()._save_checkpoint(trainer, filepath)
+        if filepath == self.best_model_path and trainer.is_global_zero:
+            export_adapter(trainer.lightning_module.model, self.adapter_dir)

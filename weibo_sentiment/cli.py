@@ -1,0 +1,129 @@
+"""The command line: ``fit``, ``validate``, ``test`` and ``predict`` through LightningCLI.
+
+    python main.py fit --config configs/quickstart.yaml
+    python main.py predict --config configs/quickstart.yaml --ckpt_path last \
+        --data.predict_path data/sample/posts.csv --predict_writer.output_path predictions.csv
+
+This is the one place that turns a user mistake into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from weibo_sentiment.callbacks import AdapterCheckpoint, PredictionWriter
+from weibo_sentiment.data import WeiboDataModule
+from weibo_sentiment.errors import UserError, first_line
+from weibo_sentiment.model import ARCHITECTURE_HPARAMS, SentimentClassifier
+
+LAST = "last"
+
+# Library noise that says nothing to a user of this tool (each checked: harmless here).
+for _message in (
+    "Couldn't infer the batch indices",  # the PredictionWriter keeps posts in the batch, not indices
+    ".*does not have many workers",  # posts are tokenized once up front; workers would only add start-up time
+    ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning on torch >= 2.10
+    ".*is_gradient_checkpointing",  # peft on transformers 5
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+def find_last_checkpoint(root_dir: Path, checkpoint_dir: Optional[str]) -> Path:
+    """The newest ``last.ckpt``: in ``checkpoint.dirpath`` if set, else in any ``lightning_logs/version_*`` run."""
+    pattern_root = Path(checkpoint_dir) if checkpoint_dir else root_dir / "lightning_logs"
+    candidates = [pattern_root / "last.ckpt"] if checkpoint_dir else list(pattern_root.glob("*/checkpoints/last.ckpt"))
+    candidates = [path for path in candidates if path.is_file()]
+    if not candidates:
+        raise UserError(f"--ckpt_path last: no last.ckpt under {pattern_root}; give a checkpoint file's path instead")
+    return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+class SentimentCLI(LightningCLI):
+    """LightningCLI for :class:`SentimentClassifier` on :class:`WeiboDataModule`, with a checkpoint callback that also
+    exports the best adapter, and a prediction writer, each with its own flags (``--checkpoint.*``,
+    ``--predict_writer.*``)."""
+
+    def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        super().__init__(
+            SentimentClassifier,
+            WeiboDataModule,
+            # A resumed run writes into its own folder again, where config.yaml already stands.
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The backbone is named once; the data module tokenizes with that backbone's tokenizer.
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
+        parser.link_arguments("model.num_labels", "data.num_labels")
+        parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_f1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}-{val_f1:.4f}",
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path`` and take the architecture hyper-parameters from the checkpoint.
+
+        Lightning's own version reloads every saved hyper-parameter over the YAML and the command line (a moved
+        base-model directory, say). Here only those that shape the saved tensors (``ARCHITECTURE_HPARAMS``) come from
+        the checkpoint; paths and optimisation settings stay the user's.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return
+        config = self.config[subcommand]
+        path = Path(config.ckpt_path)
+        if config.ckpt_path == LAST:
+            root_dir = Path(config.trainer.default_root_dir or ".")
+            path = find_last_checkpoint(root_dir, config.checkpoint.dirpath)
+        if path.is_dir() or not path.is_file():
+            raise UserError(f"{path}: no such checkpoint file" + (" (it is a directory)" if path.is_dir() else ""))
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            hparams = checkpoint.get("hyper_parameters") or {}
+        except Exception as err:  # torch raises many types for a damaged file
+            raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line(err)}") from None
+        config.ckpt_path = str(path)
+        architecture = {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
+        if architecture:
+            self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
+
+    def before_fit(self) -> None:
+        """Resuming a run from its own folder continues that folder (same TensorBoard run, same best-k bookkeeping)."""
+        ckpt_path = self.config.fit.get("ckpt_path")
+        logger = self.trainer.logger
+        if not ckpt_path or not isinstance(logger, TensorBoardLogger) or self.config.fit.checkpoint.dirpath:
+            return
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        if Path(ckpt_path).parent.name == "checkpoints" and run_dir.parent == Path(logger.root_dir).resolve():
+            logger._version = run_dir.name  # TensorBoardLogger names its folder by this; no public setter exists
+
+    def predict(self, **kwargs: Any) -> None:
+        # The PredictionWriter streams rows to the file; keeping them in memory too would grow with the input.
+        kwargs["return_predictions"] = False
+        self.trainer.predict(**kwargs)
+
+
+def main(args: Any = None) -> None:
+    """Entry point of ``main.py`` and the ``weibo-sentiment`` console script."""
+    try:
+        SentimentCLI(args=args)
+    except (UserError, MisconfigurationException) as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2) from None

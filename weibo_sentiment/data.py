@@ -1,0 +1,392 @@
+"""Weibo posts from files to padded batches: readers, datasets, collate and the LightningDataModule.
+
+Every file problem (missing file, wrong column, bad label, wrong encoding) is found in the readers here and
+reported as a :class:`UserError` naming the file and line; nothing downstream parses files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from weibo_sentiment.errors import UserError, first_line
+
+STDIN = "-"
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
+DELIMITER = {"csv": ",", "tsv": "\t"}
+# Posts are short, but one pasted article must not stop a run: allow fields far longer than csv's 128 KiB default.
+csv.field_size_limit(64 * 1024 * 1024)
+
+
+class Post(NamedTuple):
+    """One record of an input file: the text, its label when the file has one, and its id when it has one."""
+
+    text: str
+    label: Optional[int] = None
+    id: Optional[str] = None
+
+
+def detect_format(path: str, fmt: Optional[str] = None) -> str:
+    """The file format: ``fmt`` when given, else from the suffix; standard input is plain text unless told."""
+    if fmt is not None:
+        if fmt not in DELIMITER and fmt not in ("jsonl", "txt"):
+            raise UserError(f"unknown format {fmt!r} for {path}: use csv, tsv, jsonl or txt")
+        return fmt
+    if path == STDIN:
+        return "txt"
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        raise UserError(f"{path}: cannot tell the format from the suffix {suffix!r}; name the file .csv, .tsv, .jsonl or .txt")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+class PostReader:
+    """Streams :class:`Post` records from a CSV/TSV/JSONL/plain-text file or standard input (``-``).
+
+    Files are read as UTF-8 (a leading BOM and CRLF line ends are fine). CSV/TSV need a header row; JSONL needs one
+    object per line. Plain text is one post per line, blank lines skipped. With ``label_column`` set, every record
+    must carry a label in ``0 .. num_labels-1``. Memory stays constant whatever the file's size.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        text_column: str = "review",
+        label_column: Optional[str] = None,
+        id_column: Optional[str] = "id",
+        fmt: Optional[str] = None,
+        num_labels: int = 2,
+    ) -> None:
+        self.path = str(path)
+        self.fmt = detect_format(self.path, fmt)
+        self.text_column = text_column
+        self.label_column = label_column
+        self.id_column = id_column
+        self.num_labels = num_labels
+        if self.label_column is not None and self.fmt == "txt":
+            raise UserError(f"{self.path}: labelled data needs a CSV, TSV or JSONL file with a {label_column!r} column")
+        if self.path != STDIN:
+            file = Path(self.path)
+            if not file.exists():
+                raise UserError(f"{self.path}: no such file")
+            if file.is_dir():
+                raise UserError(f"{self.path}: is a directory, not a file")
+
+    def __iter__(self) -> Iterator[Post]:
+        with self._open() as stream:
+            records = self._records(stream)
+            try:
+                yield from records
+            except UnicodeDecodeError as err:
+                raise UserError(f"{self.path}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+            except csv.Error as err:
+                raise UserError(f"{self.path}: malformed CSV ({err})") from None
+
+    def _open(self) -> io.TextIOBase:
+        if self.path == STDIN:
+            return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="", closefd=False)
+        try:
+            return open(self.path, encoding="utf-8-sig", newline="")
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot open ({err.strerror})") from None
+
+    def _records(self, stream: io.TextIOBase) -> Iterator[Post]:
+        if self.fmt == "txt":
+            for line in stream:
+                text = line.rstrip("\r\n")
+                if text.strip():
+                    yield Post(text)
+            return
+        if self.fmt == "jsonl":
+            for line_no, line in enumerate(stream, start=1):
+                if line.strip():
+                    yield self._post(self._json_object(line, line_no), line_no)
+            return
+        reader = csv.DictReader(stream, delimiter=DELIMITER[self.fmt])
+        if reader.fieldnames is None:
+            raise UserError(f"{self.path}: the file is empty; expected a header row such as 'label,review'")
+        for column in (self.text_column, self.label_column):
+            if column is not None and column not in reader.fieldnames:
+                raise UserError(
+                    f"{self.path}: no {column!r} column (the header has {', '.join(map(repr, reader.fieldnames))}); "
+                    "rename it or set the column name in the data config"
+                )
+        for row in reader:
+            yield self._post(row, reader.line_num)
+
+    def _json_object(self, line: str, line_no: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{self.path} line {line_no}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{self.path} line {line_no}: expected a JSON object with a {self.text_column!r} field")
+        return record
+
+    def _post(self, record: dict[str, Any], line_no: int) -> Post:
+        text = record.get(self.text_column)
+        if not isinstance(text, str):
+            raise UserError(f"{self.path} line {line_no}: no {self.text_column!r} text")
+        post_id = record.get(self.id_column) if self.id_column else None
+        label = None if self.label_column is None else self._label(record.get(self.label_column), line_no)
+        return Post(text, label, None if post_id is None else str(post_id))
+
+    def _label(self, value: Any, line_no: int) -> int:
+        allowed = range(self.num_labels)
+        text = str(value).strip() if value is not None else ""
+        if text.lstrip("-").isdigit() and int(text) in allowed:
+            return int(text)
+        raise UserError(
+            f"{self.path} line {line_no}: label {text!r} is not one of {', '.join(map(str, allowed))} "
+            f"(column {self.label_column!r}; 1 = positive, 0 = negative)"
+        )
+
+
+def read_labelled(path: str, text_column: str, label_column: str, num_labels: int = 2) -> list[Post]:
+    """All labelled posts of a training/validation/test file; an empty file is an error."""
+    posts = list(PostReader(path, text_column, label_column, id_column=None, num_labels=num_labels))
+    if not posts:
+        raise UserError(f"{path}: has a header but no posts")
+    return posts
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of (train, validation): ``val_fraction`` of each label's posts, the same for the same seed."""
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_label[label].append(index)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        n_val = round(len(indices) * val_fraction)
+        val += indices[:n_val]
+        train += indices[n_val:]
+    return sorted(train), sorted(val)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The backbone's own tokenizer (a hub id or a model directory), with a pad token."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {name_or_path!r}: {first_line(err)}") from None
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of {name_or_path!r} has no pad token; this project needs one to pad batches")
+    return tokenizer
+
+
+def pad_to_longest(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token ids to the batch's longest sequence (not to ``max_length``): ``input_ids`` + ``attention_mask``."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class Tokenize:
+    """The backbone's tokenizer, truncating to ``max_length``; never returns ``token_type_ids``.
+
+    GPT-2 has no segment embeddings: given BertTokenizer's all-zero ``token_type_ids`` it would add the embedding
+    of token 0 (``[PAD]``) to every position.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            return_token_type_ids=False,
+            return_attention_mask=False,
+        )
+        return encoded["input_ids"]
+
+
+class TokenizedPosts(Dataset):
+    """Labelled posts, tokenized once up front (not per item, per epoch)."""
+
+    def __init__(self, posts: Sequence[Post], tokenize: Tokenize) -> None:
+        self.posts = list(posts)
+        self.input_ids = tokenize([post.text for post in self.posts])
+
+    def __len__(self) -> int:
+        return len(self.posts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[index], "label": self.posts[index].label}
+
+
+class PadLabelled:
+    """Collate for labelled batches: dynamic padding plus the ``labels`` tensor."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_to_longest([item["input_ids"] for item in items], self.pad_token_id)
+        batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
+        return batch
+
+
+class StreamedPosts(IterableDataset):
+    """Posts to label, read lazily from the file so any size fits in constant memory."""
+
+    def __init__(self, reader: Iterable[Post]) -> None:
+        self.reader = reader
+
+    def __iter__(self) -> Iterator[Post]:
+        return iter(self.reader)
+
+
+class TokenizeAndPad:
+    """Collate for prediction: tokenize the batch's posts, pad to the longest, and keep the posts for the writer."""
+
+    def __init__(self, tokenize: Tokenize, pad_token_id: int) -> None:
+        self.tokenize = tokenize
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, posts: list[Post]) -> dict[str, Any]:
+        batch: dict[str, Any] = pad_to_longest(self.tokenize([post.text for post in posts]), self.pad_token_id)
+        batch["posts"] = posts
+        return batch
+
+
+class WeiboDataModule(LightningDataModule):
+    """Weibo posts for fit/validate/test (labelled CSV/TSV/JSONL) and predict (CSV/TSV/JSONL/text/stdin).
+
+    Without ``val_path`` the validation set is a stratified ``val_fraction`` of ``train_path``, the same every run
+    for the same ``split_seed`` (so ``validate`` on a checkpoint sees the posts its ``fit`` held out).
+    """
+
+    def __init__(
+        self,
+        train_path: Optional[str] = None,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        predict_path: Optional[str] = None,
+        predict_format: Optional[str] = None,
+        text_column: str = "review",
+        label_column: str = "label",
+        id_column: Optional[str] = "id",
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        max_length: int = 128,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        tokenizer_name_or_path: str = "uer/gpt2-chinese-cluecorpussmall",
+        num_labels: int = 2,
+    ) -> None:
+        """
+        Args:
+            train_path: labelled training posts (header ``label,review`` by default).
+            val_path: labelled validation posts; default: a stratified split of ``train_path``.
+            test_path: labelled posts for ``test``.
+            predict_path: posts to label for ``predict``: CSV/TSV/JSONL/TXT, or ``-`` for standard input.
+            predict_format: ``csv``, ``tsv``, ``jsonl`` or ``txt`` when the suffix does not tell (default: by suffix).
+            text_column: the column (or JSON field) holding the post.
+            label_column: the column holding the label (1 = positive, 0 = negative).
+            id_column: a column copied to the predictions so they can be joined back, if the file has it.
+            val_fraction: share of ``train_path`` held out for validation when there is no ``val_path``.
+            split_seed: seed of that split.
+            max_length: tokens kept per post (longer posts are truncated).
+            batch_size: training batch size.
+            eval_batch_size: batch size for validate, test and predict.
+            num_workers: DataLoader worker processes.
+            tokenizer_name_or_path: linked from ``model.model_name_or_path``: the backbone's own tokenizer.
+            num_labels: linked from ``model.num_labels``: labels must lie in ``0 .. num_labels-1``.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
+        self.predict_path, self.predict_format = predict_path, predict_format
+        self.text_column, self.label_column, self.id_column = text_column, label_column, id_column
+        self.val_fraction, self.split_seed, self.max_length = val_fraction, split_seed, max_length
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.tokenizer_name_or_path, self.num_labels = tokenizer_name_or_path, num_labels
+        self.datasets: dict[str, Dataset] = {}
+
+    def setup(self, stage: str) -> None:
+        self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        self.tokenize = Tokenize(self.tokenizer, self.max_length)
+        if stage == "fit":
+            train, val = self._train_and_val()
+            self.datasets["train"] = TokenizedPosts(train, self.tokenize)
+            self.datasets["val"] = TokenizedPosts(val, self.tokenize)
+        elif stage == "validate":
+            self.datasets["val"] = TokenizedPosts(self._train_and_val()[1], self.tokenize)
+        elif stage == "test":
+            self.datasets["test"] = TokenizedPosts(self._labelled(self._required("test_path", stage)), self.tokenize)
+        elif stage == "predict":
+            reader = PostReader(
+                self._required("predict_path", stage), self.text_column, None, self.id_column, self.predict_format
+            )
+            self.datasets["predict"] = StreamedPosts(reader)
+
+    def _required(self, name: str, stage: str) -> str:
+        path = getattr(self, name)
+        if path is None:
+            raise UserError(f"'{stage}' needs posts to work on: pass --data.{name} FILE (or set it in the config)")
+        return path
+
+    def _labelled(self, path: str) -> list[Post]:
+        return read_labelled(path, self.text_column, self.label_column, self.num_labels)
+
+    def _train_and_val(self) -> tuple[list[Post], list[Post]]:
+        posts = self._labelled(self._required("train_path", "fit"))
+        if self.val_path is not None:
+            return posts, self._labelled(self.val_path)
+        train_idx, val_idx = stratified_split([post.label for post in posts], self.val_fraction, self.split_seed)
+        if not val_idx or not train_idx:
+            raise UserError(
+                f"{self.train_path}: {len(posts)} posts are too few to hold out {self.val_fraction:.0%} for "
+                "validation; add posts, change data.val_fraction or pass data.val_path"
+            )
+        return [posts[i] for i in train_idx], [posts[i] for i in val_idx]
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=PadLabelled(self.tokenizer.pad_token_id),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        # Streaming from one file: a single reader keeps the input order (workers would each read the whole file).
+        return DataLoader(
+            self.datasets["predict"],
+            batch_size=self.eval_batch_size,
+            collate_fn=TokenizeAndPad(self.tokenize, self.tokenizer.pad_token_id),
+        )
