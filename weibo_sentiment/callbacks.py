@@ -159,6 +159,23 @@ class AdapterCheckpoint(ModelCheckpoint):
     def adapter_dir(self) -> Path:
         return Path(self.dirpath).parent / self.adapter_dirname
 
+    # Lightning 2.6 writes last.ckpt only when a top-k checkpoint was saved at the same step, so with save_top_k=1
+    # a run whose score stops improving would resume from its best epoch, not its last. Write it after every
+    # validation (or training epoch, whichever Lightning checkpoints on), as `save_last` promises.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # ModelCheckpoint funnels every save (top-k, last, on exception) through here; a new best has just been
         # recorded in best_model_path when the file being saved is that one, and the module holds its weights.

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from weibo_sentiment.callbacks import AdapterCheckpoint, PredictionWriter
@@ -101,18 +102,38 @@ class SentimentCLI(LightningCLI):
             raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line(err)}") from None
         config.ckpt_path = str(path)
         architecture = {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
+        overridden = {k: v for k, v in architecture.items() if config.model.get(k) != v}
+        if overridden:
+            settings = ", ".join(f"{k}={v}" for k, v in overridden.items())
+            rank_zero_info(f"Using {settings} from {path}: they shape the tensors it holds")
         if architecture:
             self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
 
+    def _check_data(self, stage: str) -> None:
+        """Read the data before the trainer makes a run folder, so a data mistake leaves no half-made run behind."""
+        self.datamodule.setup(stage)
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def before_predict(self) -> None:
+        self._check_data("predict")
+
     def before_fit(self) -> None:
         """Resuming a run from its own folder continues that folder (same TensorBoard run, same best-k bookkeeping)."""
+        self._check_data("fit")
         ckpt_path = self.config.fit.get("ckpt_path")
         logger = self.trainer.logger
         if not ckpt_path or not isinstance(logger, TensorBoardLogger) or self.config.fit.checkpoint.dirpath:
             return
         run_dir = Path(ckpt_path).resolve().parent.parent
         if Path(ckpt_path).parent.name == "checkpoints" and run_dir.parent == Path(logger.root_dir).resolve():
-            logger._version = run_dir.name  # TensorBoardLogger names its folder by this; no public setter exists
+            # TensorBoardLogger names its folder by this (an int K means version_K); it has no public setter.
+            number = run_dir.name.removeprefix("version_")
+            logger._version = int(number) if number.isdigit() else run_dir.name
 
     def predict(self, **kwargs: Any) -> None:
         # The PredictionWriter streams rows to the file; keeping them in memory too would grow with the input.

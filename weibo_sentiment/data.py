@@ -12,6 +12,7 @@ import json
 import random
 import sys
 from collections import defaultdict
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -21,7 +22,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from weibo_sentiment.errors import UserError, first_line
+from weibo_sentiment.errors import UserError, explain_load_error
 
 STDIN = "-"
 FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
@@ -70,6 +71,12 @@ class PostReader:
         num_labels: int = 2,
     ) -> None:
         self.path = str(path)
+        if self.path != STDIN:
+            file = Path(self.path)
+            if not file.exists():
+                raise UserError(f"{self.path}: no such file")
+            if file.is_dir():
+                raise UserError(f"{self.path}: is a directory, not a file")
         self.fmt = detect_format(self.path, fmt)
         self.text_column = text_column
         self.label_column = label_column
@@ -77,12 +84,6 @@ class PostReader:
         self.num_labels = num_labels
         if self.label_column is not None and self.fmt == "txt":
             raise UserError(f"{self.path}: labelled data needs a CSV, TSV or JSONL file with a {label_column!r} column")
-        if self.path != STDIN:
-            file = Path(self.path)
-            if not file.exists():
-                raise UserError(f"{self.path}: no such file")
-            if file.is_dir():
-                raise UserError(f"{self.path}: is a directory, not a file")
 
     def __iter__(self) -> Iterator[Post]:
         with self._open() as stream:
@@ -94,13 +95,21 @@ class PostReader:
             except csv.Error as err:
                 raise UserError(f"{self.path}: malformed CSV ({err})") from None
 
-    def _open(self) -> io.TextIOBase:
+    @contextmanager
+    def _open(self) -> Iterator[io.TextIOBase]:
         if self.path == STDIN:
-            return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="", closefd=False)
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+            try:
+                yield stream
+            finally:
+                stream.detach()  # leave standard input open for whoever reads it next
+            return
         try:
-            return open(self.path, encoding="utf-8-sig", newline="")
+            stream = open(self.path, encoding="utf-8-sig", newline="")
         except OSError as err:
             raise UserError(f"{self.path}: cannot open ({err.strerror})") from None
+        with stream:
+            yield stream
 
     def _records(self, stream: io.TextIOBase) -> Iterator[Post]:
         if self.fmt == "txt":
@@ -183,7 +192,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer of {name_or_path!r}: {first_line(err)}") from None
+        raise UserError(f"cannot load the tokenizer of {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of {name_or_path!r} has no pad token; this project needs one to pad batches")
     return tokenizer
@@ -325,8 +334,13 @@ class WeiboDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.tokenizer_name_or_path, self.num_labels = tokenizer_name_or_path, num_labels
         self.datasets: dict[str, Dataset] = {}
+        self._ready_stages: set[str] = set()
 
     def setup(self, stage: str) -> None:
+        # The CLI calls this before the trainer creates its run folder, so bad data leaves nothing behind;
+        # the trainer's own call then finds the stage ready.
+        if stage in self._ready_stages:
+            return
         self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
         self.tokenize = Tokenize(self.tokenizer, self.max_length)
         if stage == "fit":
@@ -342,6 +356,7 @@ class WeiboDataModule(LightningDataModule):
                 self._required("predict_path", stage), self.text_column, None, self.id_column, self.predict_format
             )
             self.datasets["predict"] = StreamedPosts(reader)
+        self._ready_stages.add(stage)
 
     def _required(self, name: str, stage: str) -> str:
         path = getattr(self, name)

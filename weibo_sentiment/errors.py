@@ -1,5 +1,7 @@
 """The one exception type for user mistakes: the CLI prints its message as one line and exits non-zero."""
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem the user can fix (a file, a column, a path, a config value); the message says what and where."""
@@ -8,3 +10,10 @@ class UserError(Exception):
 def first_line(err: BaseException) -> str:
     """The first non-empty line of a library exception's message, which can run to many lines."""
     return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def explain_load_error(name_or_path: str, err: BaseException) -> str:
+    """Why a ``from_pretrained(name_or_path)`` failed, saying whether it was taken as a directory or a hub id."""
+    if Path(name_or_path).is_dir():
+        return f"the directory exists but: {first_line(err)}"
+    return f"no such directory, and as a hub id: {first_line(err)}"

@@ -21,7 +21,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, ge
 from transformers.pytorch_utils import Conv1D
 
 from weibo_sentiment.data import load_tokenizer
-from weibo_sentiment.errors import UserError, first_line
+from weibo_sentiment.errors import UserError, explain_load_error, first_line
 
 ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
 """Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
@@ -39,7 +39,7 @@ def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
             name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32
         )
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the base model {name_or_path!r}: {first_line(err)}") from None
+        raise UserError(f"cannot load the base model {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
 
 
 def lora_config(backbone: torch.nn.Module, target_modules: list[str], r: int, alpha: int, dropout: float) -> LoraConfig:

@@ -1,0 +1,223 @@
+"""End to end through the real entry points: fit -> validate -> predict, resume, adapters, and user mistakes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import REPO
+from test_model import gpt2_trainable_keys, randomize_trainable
+from weibo_sentiment.cli import SentimentCLI, main
+
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+EPOCHS, TRAIN_POSTS, BATCH = 2, 270, 16  # 300 posts, 10 % held out
+
+
+def cli_args(subcommand: str, tiny_gpt2: str, root: Path, *extra: str) -> list[str]:
+    return [
+        subcommand,
+        "--config", QUICKSTART,
+        "--model.model_name_or_path", tiny_gpt2,
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", str(EPOCHS),
+        *extra,
+    ]  # fmt: skip
+
+
+def run_main(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: str, train_csv: Path) -> dict:
+    """One real `python main.py fit` on 300 real posts; the tests below read what it wrote."""
+    root = tmp_path_factory.mktemp("run")
+    result = run_main(cli_args("fit", tiny_gpt2, root, "--data.train_path", str(train_csv)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = root / "lightning_logs" / "version_0"
+    (best,) = run_dir.glob("checkpoints/best-*.ckpt")
+    return {"root": root, "run_dir": run_dir, "best": best, "last": run_dir / "checkpoints" / "last.ckpt",
+            "stdout": result.stdout, "train_csv": train_csv}  # fmt: skip
+
+
+def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict) -> None:
+    saved = torch.load(trained["best"], weights_only=True)["state_dict"]
+    assert f"trainable params: {sum(t.numel() for t in saved.values()):,} " in trained["stdout"]  # printed by fit
+    for path in (trained["best"], trained["last"]):
+        checkpoint = torch.load(path, weights_only=True)
+        assert set(checkpoint["state_dict"]) == gpt2_trainable_keys()
+        assert checkpoint["global_step"] % math.ceil(TRAIN_POSTS / BATCH) == 0  # saved after an epoch's validation
+        assert path.stat().st_size < 200_000  # the frozen backbone alone is 2.7 MB
+    assert torch.load(trained["last"], weights_only=True)["global_step"] == EPOCHS * math.ceil(TRAIN_POSTS / BATCH)
+    run_dir = trained["run_dir"]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (run_dir / "adapter").iterdir()}
+    assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "config.yaml").is_file()
+
+
+def test_validate_on_the_best_checkpoint_reproduces_its_score(trained: dict, tiny_gpt2: str) -> None:
+    cli = SentimentCLI(args=cli_args("validate", tiny_gpt2, trained["root"], "--data.train_path",
+                                     str(trained["train_csv"]), "--ckpt_path", str(trained["best"])))  # fmt: skip
+    checkpoint = torch.load(trained["best"], weights_only=True)
+    (callback_state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("AdapterCheckpoint")]
+    assert cli.trainer.callback_metrics["val_f1"].item() == pytest.approx(callback_state["best_model_score"].item())
+
+
+def test_predict_writes_one_row_per_post_in_input_order(trained: dict, tiny_gpt2: str, posts_csv: Path,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "predictions.csv"
+    main(cli_args("predict", tiny_gpt2, trained["root"], "--ckpt_path", str(trained["best"]),
+                  "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
+    rows, inputs = read_predictions(out), read_predictions(posts_csv)
+    assert [(r["id"], r["review"]) for r in rows] == [(r["id"], r["review"]) for r in inputs]
+    assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_positive"]
+    for row in rows:
+        p = float(row["prob_positive"])
+        assert row["label"] == str(int(p > 0.5)) and row["sentiment"] == ("positive" if p > 0.5 else "negative")
+        assert float(row["confidence"]) == pytest.approx(max(p, 1 - p), abs=2e-6)  # both rounded to 1e-6
+    assert len({r["label"] for r in rows}) == 2  # a trained model, not a constant
+
+
+def test_predict_from_the_exported_adapter_equals_predict_from_the_checkpoint(
+    trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path
+) -> None:
+    common = ("--data.predict_path", str(posts_csv))
+    main(cli_args("predict", tiny_gpt2, trained["root"], *common, "--ckpt_path", str(trained["best"]),
+                  "--predict_writer.output_path", str(tmp_path / "ckpt.csv")))  # fmt: skip
+    main(cli_args("predict", tiny_gpt2, trained["root"], *common, "--model.adapter_path",
+                  str(trained["run_dir"] / "adapter"), "--predict_writer.output_path", str(tmp_path / "a.jsonl")))  # fmt: skip
+    from_ckpt = read_predictions(tmp_path / "ckpt.csv")
+    from_adapter = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in from_adapter] == [r["id"] for r in from_ckpt]
+    for a, c in zip(from_adapter, from_ckpt):
+        assert a["prob_positive"] == pytest.approx(float(c["prob_positive"]), abs=2e-6)  # both rounded to 1e-6
+
+
+def test_predict_accepts_an_adapter_saved_by_another_peft_script(tiny_gpt2: str, posts_csv: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2, pad_token_id=0)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    theirs = get_peft_model(base, config)
+    torch.manual_seed(1)
+    for parameter in theirs.parameters():
+        if parameter.requires_grad:
+            torch.nn.init.normal_(parameter, std=0.2)
+    theirs.save_pretrained(str(tmp_path / "their_adapter"))
+    out = tmp_path / "out.csv"
+    main(cli_args("predict", tiny_gpt2, tmp_path, "--model.adapter_path", str(tmp_path / "their_adapter"),
+                  "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
+    texts = [r["review"] for r in read_predictions(posts_csv)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2, pad_token_id=0)
+    reference = PeftModel.from_pretrained(fresh, str(tmp_path / "their_adapter")).eval()
+    with torch.no_grad():
+        probs = [reference(**tokenizer(t, return_token_type_ids=False, return_tensors="pt", truncation=True,
+                                       max_length=128)).logits.softmax(-1)[0, 1].item() for t in texts]  # fmt: skip
+    ours = [float(r["prob_positive"]) for r in read_predictions(out)]
+    assert ours == pytest.approx(probs, abs=1e-5)
+
+
+def test_fit_resumes_from_last_in_the_same_run_folder(tiny_gpt2: str, train_csv: Path, tmp_path: Path) -> None:
+    data = ("--data.train_path", str(train_csv))
+    SentimentCLI(args=cli_args("fit", tiny_gpt2, tmp_path, *data, "--trainer.max_epochs", "1"))
+    cli = SentimentCLI(args=cli_args("fit", tiny_gpt2, tmp_path, *data, "--ckpt_path", "last"))
+    assert cli.trainer.global_step == EPOCHS * math.ceil(TRAIN_POSTS / BATCH)
+    assert cli.trainer.current_epoch == EPOCHS
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == cli.trainer.global_step
+    assert len(list(checkpoints.glob("best-*.ckpt"))) == 1  # the restored top-k bookkeeping still applies
+    assert not list((tmp_path / "lightning_logs").glob("version_1"))
+
+
+def test_a_moved_base_model_is_taken_from_the_command_line_not_the_checkpoint(
+    trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved-model"
+    shutil.copytree(tiny_gpt2, moved)
+    cli = SentimentCLI(args=cli_args("predict", str(moved), tmp_path, "--ckpt_path", str(trained["best"]),
+                                     "--data.predict_path", str(posts_csv), "--model.lora_r", "4",
+                                     "--predict_writer.output_path", str(tmp_path / "p.csv")))  # fmt: skip
+    assert cli.model.hparams.model_name_or_path == str(moved)
+    assert cli.model.hparams.lora_r == 8  # shapes the saved tensors, so the checkpoint's value wins
+    assert len(read_predictions(tmp_path / "p.csv")) == 50
+
+
+def test_predict_reads_standard_input_through_main_py(trained: dict, tiny_gpt2: str, tmp_path: Path) -> None:
+    out = tmp_path / "stdin.jsonl"
+    result = run_main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]),
+                               "--data.predict_path", "-", "--predict_writer.output_path", str(out)),
+                      input="好开心[哈哈]\n\n今天真倒霉[泪]\n")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["review"] for r in rows] == ["好开心[哈哈]", "今天真倒霉[泪]"]
+
+
+def bad_csv(tmp_path: Path, content: bytes, name: str = "bad.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing train file", "nope.csv: no such file"),
+        ("label 2", "label2.csv line 2: label '2' is not one of 0, 1"),
+        ("missing column", "nolabel.csv: no 'label' column"),
+        ("empty file", "empty.csv: the file is empty"),
+        ("missing base model", "cannot load the tokenizer of"),
+        ("missing adapter", "not an adapter directory"),
+        ("corrupted checkpoint", "not a readable checkpoint"),
+        ("checkpoint of another base", "is a layer of the base model"),
+        ("missing checkpoint", "no such checkpoint file"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2_and_leave_nothing(
+    case: str, message: str, trained: dict, tiny_gpt2: str, tiny_bert: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    root = tmp_path / "root"
+    data = ["--data.train_path", str(trained["train_csv"])]
+    extra = {
+        "missing train file": ["--data.train_path", str(tmp_path / "nope.csv")],
+        "label 2": ["--data.train_path", bad_csv(tmp_path, b"label,review\n2,x\n", "label2.csv")],
+        "missing column": ["--data.train_path", bad_csv(tmp_path, b"lab,review\n1,x\n", "nolabel.csv")],
+        "empty file": ["--data.train_path", bad_csv(tmp_path, b"", "empty.csv")],
+        "missing base model": [*data, "--model.model_name_or_path", str(tmp_path / "no-model")],
+        "missing adapter": [*data, "--model.adapter_path", str(tmp_path)],
+        "corrupted checkpoint": [*data, "--ckpt_path", bad_csv(tmp_path, trained["best"].read_bytes()[:5000], "cut.ckpt")],
+        "checkpoint of another base": [*data, "--ckpt_path", str(trained["best"]), "--model.model_name_or_path",
+                                       tiny_bert, "--model.target_modules", "[query,value]"],  # fmt: skip
+        "missing checkpoint": [*data, "--ckpt_path", str(tmp_path / "none.ckpt")],
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", tiny_gpt2, root, *extra))
+    assert exit_info.value.code == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert not (root / "lightning_logs").exists() or not any((root / "lightning_logs").rglob("*.ckpt"))
+
+
+def test_a_failing_predict_leaves_no_output_file(trained: dict, tiny_gpt2: str, tmp_path: Path) -> None:
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps({"review": f"第{i}条"}) + "\n" for i in range(100)) + "{broken\n", "utf-8")
+    out = tmp_path / "out" / "predictions.csv"
+    with pytest.raises(SystemExit):
+        main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.eval_batch_size",
+                      "16", "--data.predict_path", str(posts), "--predict_writer.output_path", str(out)))  # fmt: skip
+    assert list(out.parent.iterdir()) == []

@@ -1,0 +1,164 @@
+"""Readers, split, tokenization and dynamic padding, on real Weibo posts."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import real_rows, write_csv
+from weibo_sentiment.data import (
+    PadLabelled,
+    Post,
+    PostReader,
+    Tokenize,
+    TokenizeAndPad,
+    TokenizedPosts,
+    WeiboDataModule,
+    read_labelled,
+    stratified_split,
+)
+from weibo_sentiment.errors import UserError
+
+ROWS = real_rows(40)
+
+
+def test_csv_with_bom_and_crlf_reads_like_plain_utf8(tmp_path: Path) -> None:
+    plain = write_csv(tmp_path / "plain.csv", ROWS)
+    bom_crlf = tmp_path / "bom.csv"
+    bom_crlf.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    expected = [Post(row["review"], int(row["label"])) for row in ROWS]
+    assert read_labelled(str(plain), "review", "label") == expected
+    assert read_labelled(str(bom_crlf), "review", "label") == expected
+
+
+def test_tsv_jsonl_and_custom_columns(tmp_path: Path) -> None:
+    tsv = tmp_path / "posts.tsv"
+    tsv.write_text("text\tsentiment\n" + "".join(f"{r['review']}\t{r['label']}\n" for r in ROWS[:5]), encoding="utf-8")
+    jsonl = tmp_path / "posts.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": r["review"], "sentiment": int(r["label"])}) + "\n" for r in ROWS[:5]))
+    for path in (tsv, jsonl):
+        posts = read_labelled(str(path), "text", "sentiment")
+        assert [p.text for p in posts] == [r["review"] for r in ROWS[:5]]
+        assert [p.label for p in posts] == [int(r["label"]) for r in ROWS[:5]]
+
+
+def test_quoted_fields_with_newlines_commas_and_quotes(tmp_path: Path) -> None:
+    text = '第一行,有逗号\n第二行 "引号" [哈哈]'
+    path = write_csv(tmp_path / "q.csv", [{"label": "1", "review": text}, {"label": "0", "review": "坏"}])
+    assert [p.text for p in read_labelled(str(path), "review", "label")] == [text, "坏"]
+
+
+def test_prediction_inputs_keep_ids_and_order(tmp_path: Path) -> None:
+    rows = [{"id": f"x{i}", "review": r["review"]} for i, r in enumerate(ROWS[:7])]
+    posts = list(PostReader(str(write_csv(tmp_path / "p.csv", rows))))
+    assert [(p.id, p.text) for p in posts] == [(r["id"], r["review"]) for r in rows]
+    assert all(p.label is None for p in posts)
+
+
+def test_plain_text_is_one_post_per_line_and_skips_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "posts.txt"
+    path.write_text("好开心[哈哈]\n\n   \r\n太难过了[泪]\r\n", encoding="utf-8")
+    assert [p.text for p in PostReader(str(path))] == ["好开心[哈哈]", "太难过了[泪]"]
+
+
+def test_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("好开心\n难过\n".encode())))
+    assert [p.text for p in PostReader("-")] == ["好开心", "难过"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO('{"review": "好", "id": 7}\n'.encode())))
+    assert list(PostReader("-", fmt="jsonl")) == [Post("好", None, "7")]
+
+
+def test_prediction_reader_streams_instead_of_loading_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "posts.jsonl"
+    path.write_text('{"review": "第一条"}\nnot json\n', encoding="utf-8")
+    stream = iter(PostReader(str(path)))
+    assert next(stream).text == "第一条"  # read before the broken second line is reached
+    with pytest.raises(UserError, match=r"posts.jsonl line 2: not valid JSON"):
+        next(stream)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"label,review\n", "has a header but no posts"),
+        (b"lab,review\n1,x\n", "no 'label' column"),
+        (b"label,text\n1,x\n", "no 'review' column"),
+        (b"label,review\n1,ok\n2,x\n", "line 3: label '2' is not one of 0, 1"),
+        (b"label,review\n-1,x\n", "label '-1' is not one of"),
+        (b"label,review\npos,x\n", "label 'pos' is not one of"),
+        (b"label,review\n,x\n", "label '' is not one of"),
+        ("label,review\n1,你好\n".encode("gbk"), "not UTF-8 text"),
+    ],
+)
+def test_bad_labelled_files_name_the_file_and_the_problem(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        read_labelled(str(path), "review", "label")
+    assert str(path) in str(err.value)
+
+
+def test_missing_paths_directories_and_unknown_formats(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        PostReader(str(tmp_path / "nope.csv"))
+    with pytest.raises(UserError, match="is a directory"):
+        PostReader(str(tmp_path))
+    (tmp_path / "posts.xlsx").write_text("x")
+    with pytest.raises(UserError, match="cannot tell the format"):
+        PostReader(str(tmp_path / "posts.xlsx"))
+
+
+def test_split_is_stratified_and_identical_run_to_run() -> None:
+    labels = [int(r["label"]) for r in real_rows(1000)]
+    train, val = stratified_split(labels, 0.1, seed=42)
+    assert (train, val) == stratified_split(labels, 0.1, seed=42)
+    assert stratified_split(labels, 0.1, seed=7)[1] != val
+    assert sorted(train + val) == list(range(1000))
+    counts, val_counts = Counter(labels), Counter(labels[i] for i in val)
+    for label in (0, 1):
+        assert val_counts[label] == round(counts[label] * 0.1)
+
+
+def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gpt2: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    tokenize = Tokenize(tokenizer, max_length=128)
+    posts = [Post("好", 1), Post("今天天气真好[哈哈]", 0), Post("好" * 500, 1)]
+    dataset = TokenizedPosts(posts, tokenize)
+    batch = PadLabelled(tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    lengths = [len(dataset[0]["input_ids"]), len(dataset[1]["input_ids"])]
+    assert batch["input_ids"].shape == (2, max(lengths)) and max(lengths) < 128
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["input_ids"][0, lengths[0] :].eq(tokenizer.pad_token_id).all()
+    assert batch["labels"].tolist() == [1, 0]
+    assert len(dataset[2]["input_ids"]) == 128  # truncated
+    predict_batch = TokenizeAndPad(tokenize, tokenizer.pad_token_id)(posts[:2])
+    assert set(predict_batch) == {"input_ids", "attention_mask", "posts"}
+    assert predict_batch["input_ids"].tolist() == batch["input_ids"].tolist()
+
+
+def test_datamodule_holds_out_the_same_validation_posts_for_fit_and_validate(tiny_gpt2: str, train_csv: Path) -> None:
+    def setup(stage: str) -> WeiboDataModule:
+        dm = WeiboDataModule(train_path=str(train_csv), tokenizer_name_or_path=tiny_gpt2)
+        dm.setup(stage)
+        return dm
+
+    fit, validate = setup("fit"), setup("validate")
+    assert len(fit.datasets["train"]) == 270 and len(fit.datasets["val"]) == 30
+    assert fit.datasets["val"].posts == validate.datasets["val"].posts
+    assert not set(fit.datasets["train"].posts) & set(fit.datasets["val"].posts)
+
+
+def test_stages_without_their_file_say_which_flag_to_pass(tiny_gpt2: str) -> None:
+    dm = WeiboDataModule(tokenizer_name_or_path=tiny_gpt2)
+    with pytest.raises(UserError, match="--data.test_path"):
+        dm.setup("test")
+    with pytest.raises(UserError, match="--data.predict_path"):
+        dm.setup("predict")
