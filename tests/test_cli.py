@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -67,7 +68,11 @@ def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict)
     assert torch.load(trained["last"], weights_only=True)["global_step"] == EPOCHS * math.ceil(TRAIN_POSTS / BATCH)
     run_dir = trained["run_dir"]
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (run_dir / "adapter").iterdir()}
-    assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    expected = {"train_loss_step", "train_loss_epoch", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr-AdamW"}
+    assert expected <= set(events.Tags()["scalars"])
 
 
 def test_validate_on_the_best_checkpoint_reproduces_its_score(trained: dict, tiny_gpt2: str) -> None:
@@ -221,3 +226,14 @@ def test_a_failing_predict_leaves_no_output_file(trained: dict, tiny_gpt2: str, 
         main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.eval_batch_size",
                       "16", "--data.predict_path", str(posts), "--predict_writer.output_path", str(out)))  # fmt: skip
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("config", ["gpt2_chinese_lora.yaml", "quickstart.yaml"])
+def test_shipped_configs_parse_and_hold_the_reference_recipe(config: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for line in ("lora_r: 8", "lora_alpha: 32", "lora_dropout: 0.1", "learning_rate: 0.0005", "warmup_ratio: 0.1",
+                 "gradient_clip_val: 1.0", "batch_size: 16", "max_epochs: 3", "monitor: val_f1", "- c_attn"):
+        assert line in printed, line

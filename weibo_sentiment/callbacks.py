@@ -26,6 +26,13 @@ SENTIMENTS = ("negative", "positive")
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
+def _with_default_permissions(path: str, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give the renamed result the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def prediction_rows(posts: list[Post], probabilities: torch.Tensor, text_column: str) -> list[dict[str, Any]]:
     """One output row per post: [id,] text, label, sentiment, confidence, prob_positive."""
     confidence, labels = probabilities.max(dim=-1)
@@ -80,6 +87,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
+            _with_default_permissions(self._tmp_path)
             self._file = os.fdopen(handle, "w", encoding="utf-8", newline="")
 
     def write_on_batch_end(
@@ -130,6 +138,7 @@ def export_adapter(peft_model: Any, out_dir: Path) -> None:
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _with_default_permissions(str(staging), directory=True)
     peft_model.save_pretrained(str(staging))
     old = out_dir.with_name(f".{out_dir.name}.old")
     if out_dir.exists():
