@@ -237,3 +237,14 @@ def test_shipped_configs_parse_and_hold_the_reference_recipe(config: str, capsys
     for line in ("lora_r: 8", "lora_alpha: 32", "lora_dropout: 0.1", "learning_rate: 0.0005", "warmup_ratio: 0.1",
                  "gradient_clip_val: 1.0", "batch_size: 16", "max_epochs: 3", "monitor: val_f1", "- c_attn"):
         assert line in printed, line
+
+
+def test_validate_and_test_on_their_own_files(trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path) -> None:
+    labelled = tmp_path / "labelled.csv"
+    shutil.copy(trained["train_csv"], labelled)
+    common = ("--ckpt_path", str(trained["best"]))
+    validate = SentimentCLI(args=cli_args("validate", tiny_gpt2, tmp_path, *common, "--data.val_path", str(labelled)))
+    test = SentimentCLI(args=cli_args("test", tiny_gpt2, tmp_path, *common, "--data.test_path", str(labelled)))
+    for name in ("f1", "acc", "loss"):  # the same posts and weights give the same figures in either stage
+        assert test.trainer.callback_metrics[f"test_{name}"].item() == pytest.approx(
+            validate.trainer.callback_metrics[f"val_{name}"].item(), abs=1e-6)

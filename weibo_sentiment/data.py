@@ -348,7 +348,8 @@ class WeiboDataModule(LightningDataModule):
             self.datasets["train"] = TokenizedPosts(train, self.tokenize)
             self.datasets["val"] = TokenizedPosts(val, self.tokenize)
         elif stage == "validate":
-            self.datasets["val"] = TokenizedPosts(self._train_and_val()[1], self.tokenize)
+            val = self._labelled(self.val_path) if self.val_path is not None else self._train_and_val()[1]
+            self.datasets["val"] = TokenizedPosts(val, self.tokenize)
         elif stage == "test":
             self.datasets["test"] = TokenizedPosts(self._labelled(self._required("test_path", stage)), self.tokenize)
         elif stage == "predict":
