@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import REPO
 from test_model import gpt2_trainable_keys, randomize_trainable
 from weibo_sentiment.cli import SentimentCLI, main
+from weibo_sentiment.emoticons import EmoticonTags
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 EPOCHS, TRAIN_POSTS, BATCH = 2, 270, 16  # 300 posts, 10 % held out
@@ -71,7 +72,8 @@ def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict)
     assert (run_dir / "config.yaml").is_file()
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    expected = {"train_loss_step", "train_loss_epoch", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1", "lr-AdamW"}
+    expected = {"train_loss_step", "train_loss_epoch", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1",
+                "val_f1_text", "val_f1_mean", "lr-AdamW"}  # fmt: skip
     assert expected <= set(events.Tags()["scalars"])
 
 
@@ -80,7 +82,9 @@ def test_validate_on_the_best_checkpoint_reproduces_its_score(trained: dict, tin
                                      str(trained["train_csv"]), "--ckpt_path", str(trained["best"])))  # fmt: skip
     checkpoint = torch.load(trained["best"], weights_only=True)
     (callback_state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("AdapterCheckpoint")]
-    assert cli.trainer.callback_metrics["val_f1"].item() == pytest.approx(callback_state["best_model_score"].item())
+    assert callback_state["monitor"] == "val_f1_mean"
+    assert cli.trainer.callback_metrics["val_f1_mean"].item() == pytest.approx(callback_state["best_model_score"].item())
+    assert f"val_f1={cli.trainer.callback_metrics['val_f1'].item():.4f}" in trained["best"].name
 
 
 def test_predict_writes_one_row_per_post_in_input_order(trained: dict, tiny_gpt2: str, posts_csv: Path,
@@ -90,7 +94,9 @@ def test_predict_writes_one_row_per_post_in_input_order(trained: dict, tiny_gpt2
                   "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
     rows, inputs = read_predictions(out), read_predictions(posts_csv)
     assert [(r["id"], r["review"]) for r in rows] == [(r["id"], r["review"]) for r in inputs]
-    assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_positive"]
+    assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_positive", "emoticons"]
+    assert all(row["emoticons"] == "".join(EmoticonTags().find(row["review"])) for row in rows)
+    assert sum(bool(row["emoticons"]) for row in rows) > 40  # nearly every Weibo post carries a tag
     for row in rows:
         p = float(row["prob_positive"])
         assert row["label"] == str(int(p > 0.5)) and row["sentiment"] == ("positive" if p > 0.5 else "negative")
@@ -228,14 +234,16 @@ def test_a_failing_predict_leaves_no_output_file(trained: dict, tiny_gpt2: str, 
     assert list(out.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("config", ["gpt2_chinese_lora.yaml", "quickstart.yaml"])
-def test_shipped_configs_parse_and_hold_the_reference_recipe(config: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("config", "dropout"), [("gpt2_chinese_lora.yaml", "0.0"), ("quickstart.yaml", "0.5")])
+def test_shipped_configs_parse_and_hold_the_reference_recipe(config: str, dropout: str,
+                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "configs" / config), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     for line in ("lora_r: 8", "lora_alpha: 32", "lora_dropout: 0.1", "learning_rate: 0.0005", "warmup_ratio: 0.1",
-                 "gradient_clip_val: 1.0", "batch_size: 16", "max_epochs: 3", "monitor: val_f1", "- c_attn"):
+                 "gradient_clip_val: 1.0", "batch_size: 16", "max_epochs: 3", "monitor: val_f1_mean", "- c_attn",
+                 f"emoticon_dropout: {dropout}"):
         assert line in printed, line
 
 

@@ -23,6 +23,7 @@ from weibo_sentiment.data import (
     read_labelled,
     stratified_split,
 )
+from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
 ROWS = real_rows(40)
@@ -130,9 +131,9 @@ def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gp
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     tokenize = Tokenize(tokenizer, max_length=128)
     posts = [Post("好", 1), Post("今天天气真好[哈哈]", 0), Post("好" * 500, 1)]
-    dataset = TokenizedPosts(posts, tokenize)
+    dataset = TokenizedPosts(posts, tokenize, EmoticonTags())
     batch = PadLabelled(tokenizer.pad_token_id)([dataset[0], dataset[1]])
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "text_only"}
     lengths = [len(dataset[0]["input_ids"]), len(dataset[1]["input_ids"])]
     assert batch["input_ids"].shape == (2, max(lengths)) and max(lengths) < 128
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths

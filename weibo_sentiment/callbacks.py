@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from weibo_sentiment.data import Post
+from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
 SENTIMENTS = ("negative", "positive")
@@ -33,8 +34,13 @@ def _with_default_permissions(path: str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
-def prediction_rows(posts: list[Post], probabilities: torch.Tensor, text_column: str) -> list[dict[str, Any]]:
-    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive."""
+def prediction_rows(
+    posts: list[Post], probabilities: torch.Tensor, text_column: str, emoticons: EmoticonTags
+) -> list[dict[str, Any]]:
+    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons.
+
+    ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them.
+    """
     confidence, labels = probabilities.max(dim=-1)
     rows = []
     for post, label, conf, probs in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist()):
@@ -46,6 +52,7 @@ def prediction_rows(posts: list[Post], probabilities: torch.Tensor, text_column:
                 "sentiment": SENTIMENTS[label] if label < len(SENTIMENTS) else str(label),
                 "confidence": round(conf, 6),
                 "prob_positive": round(probs[1], 6),
+                "emoticons": "".join(emoticons.find(post.text)),
             }
         )
         rows.append(row)
@@ -83,6 +90,7 @@ class PredictionWriter(BasePredictionWriter):
         self.target = self._target(trainer)
         self.format = OUTPUT_FORMATS[self.target.suffix.lower()]
         self.text_column = getattr(trainer.datamodule, "text_column", "review")
+        self.emoticons = getattr(trainer.datamodule, "emoticons", None) or EmoticonTags()
         self.rows_written = 0
         if trainer.is_global_zero:
             self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +110,7 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         if self._file is None:
             return
-        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column)
+        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons)
         if self.format == "jsonl":
             self._file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         else:

@@ -70,10 +70,11 @@ class SentimentCLI(LightningCLI):
         parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val_f1",
+                # The mean of val_f1 and the emoticon-free val_f1_text: the best checkpoint must read the words too.
+                "checkpoint.monitor": "val_f1_mean",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "best-{epoch}-{step}-{val_f1:.4f}",
+                "checkpoint.filename": "best-{epoch}-{step}-{val_f1:.4f}-{val_f1_text:.4f}",
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")

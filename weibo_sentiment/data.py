@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import sys
 from collections import defaultdict
@@ -19,9 +20,11 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
 from weibo_sentiment.errors import UserError, explain_load_error
 
 STDIN = "-"
@@ -232,28 +235,85 @@ class Tokenize:
 
 
 class TokenizedPosts(Dataset):
-    """Labelled posts, tokenized once up front (not per item, per epoch)."""
+    """Labelled posts, tokenized once up front (not per item, per epoch), with and without their emoticon tags.
 
-    def __init__(self, posts: Sequence[Post], tokenize: Tokenize) -> None:
+    An integer index gives the post as written plus its tag-free version (``text_input_ids``, ``None`` when
+    nothing but tags is left) for the text-only metric. An ``(index, strip)`` pair, as the
+    :class:`TrainingSampler` yields them, gives one version: tag-free when ``strip`` (and something is left).
+    """
+
+    def __init__(self, posts: Sequence[Post], tokenize: Tokenize, emoticons: EmoticonTags) -> None:
         self.posts = list(posts)
         self.input_ids = tokenize([post.text for post in self.posts])
+        stripped = [emoticons.strip(post.text) for post in self.posts]
+        changed = [i for i, (post, text) in enumerate(zip(self.posts, stripped)) if text != post.text]
+        self.text_input_ids: list[Optional[list[int]]] = list(self.input_ids)
+        for index, ids in zip(changed, tokenize([stripped[i] for i in changed]) if changed else []):
+            self.text_input_ids[index] = ids if stripped[index].strip() else None
+        self.tags_only = sum(ids is None for ids in self.text_input_ids)
 
     def __len__(self) -> int:
         return len(self.posts)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.input_ids[index], "label": self.posts[index].label}
+    def strippable(self) -> list[bool]:
+        """Which posts change, and keep some text, when their tags are removed."""
+        return [ids is not None and ids is not raw for ids, raw in zip(self.text_input_ids, self.input_ids)]
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            index, strip = key
+            ids = self.text_input_ids[index] if strip and self.text_input_ids[index] is not None else None
+            return {"input_ids": ids or self.input_ids[index], "label": self.posts[index].label}
+        ids = self.input_ids[key]
+        return {"input_ids": ids, "text_input_ids": self.text_input_ids[key], "label": self.posts[key].label}
+
+
+class TrainingSampler(Sampler):
+    """Shuffles training posts and decides which of them lose their emoticon tags, anew each epoch.
+
+    Yields ``(index, strip)`` pairs. Both the order and the draws are a function of the seed and the epoch
+    (Lightning calls :meth:`set_epoch`), so a run, and a run resumed from a checkpoint, sees the same ones.
+    With ``emoticon_dropout=0`` no post is altered.
+    """
+
+    def __init__(self, strippable: Sequence[bool], emoticon_dropout: float, seed: int) -> None:
+        self.strippable = torch.tensor(list(strippable), dtype=torch.bool)
+        self.emoticon_dropout = emoticon_dropout
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.strippable)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.strippable), generator=generator)
+        strip = (torch.rand(len(self.strippable), generator=generator) < self.emoticon_dropout) & self.strippable
+        # Without a set_epoch call (e.g. under a wrapping distributed sampler) the next pass still draws anew.
+        self.epoch += 1
+        return iter(zip(order.tolist(), strip[order].tolist()))
 
 
 class PadLabelled:
-    """Collate for labelled batches: dynamic padding plus the ``labels`` tensor."""
+    """Collate for labelled batches: dynamic padding plus ``labels``, and for evaluation a ``text_only`` sub-batch
+    of the posts that keep some text without their emoticon tags."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = pad_to_longest([item["input_ids"] for item in items], self.pad_token_id)
-        batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
+    def _padded(self, sequences: list[list[int]], labels: list[int]) -> dict[str, torch.Tensor]:
+        batch = pad_to_longest(sequences, self.pad_token_id)
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = self._padded([item["input_ids"] for item in items], [item["label"] for item in items])
+        text_only = [item for item in items if item.get("text_input_ids") is not None]
+        if text_only:
+            batch["text_only"] = self._padded([i["text_input_ids"] for i in text_only], [i["label"] for i in text_only])
         return batch
 
 
@@ -300,6 +360,8 @@ class WeiboDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 42,
         max_length: int = 128,
+        emoticon_pattern: str = DEFAULT_PATTERN,
+        emoticon_dropout: float = 0.0,
         batch_size: int = 16,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -319,6 +381,9 @@ class WeiboDataModule(LightningDataModule):
             val_fraction: share of ``train_path`` held out for validation when there is no ``val_path``.
             split_seed: seed of that split.
             max_length: tokens kept per post (longer posts are truncated).
+            emoticon_pattern: regular expression of an emoticon tag (see ``weibo_sentiment.emoticons``).
+            emoticon_dropout: probability that a training post has its emoticon tags removed, drawn anew each
+                epoch from the run's seed; validation, test and prediction never alter posts. 0: the original recipe.
             batch_size: training batch size.
             eval_batch_size: batch size for validate, test and predict.
             num_workers: DataLoader worker processes.
@@ -333,6 +398,10 @@ class WeiboDataModule(LightningDataModule):
         self.val_fraction, self.split_seed, self.max_length = val_fraction, split_seed, max_length
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.tokenizer_name_or_path, self.num_labels = tokenizer_name_or_path, num_labels
+        if not 0.0 <= emoticon_dropout <= 1.0:
+            raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {emoticon_dropout}")
+        self.emoticon_dropout = emoticon_dropout
+        self.emoticons = EmoticonTags(emoticon_pattern)
         self.datasets: dict[str, Dataset] = {}
         self._ready_stages: set[str] = set()
 
@@ -345,19 +414,26 @@ class WeiboDataModule(LightningDataModule):
         self.tokenize = Tokenize(self.tokenizer, self.max_length)
         if stage == "fit":
             train, val = self._train_and_val()
-            self.datasets["train"] = TokenizedPosts(train, self.tokenize)
-            self.datasets["val"] = TokenizedPosts(val, self.tokenize)
+            self.datasets["train"] = TokenizedPosts(train, self.tokenize, self.emoticons)
+            self._add_evaluation_set("val", val)
         elif stage == "validate":
-            val = self._labelled(self.val_path) if self.val_path is not None else self._train_and_val()[1]
-            self.datasets["val"] = TokenizedPosts(val, self.tokenize)
+            self._add_evaluation_set("val", self._labelled(self.val_path) if self.val_path else self._train_and_val()[1])
         elif stage == "test":
-            self.datasets["test"] = TokenizedPosts(self._labelled(self._required("test_path", stage)), self.tokenize)
+            self._add_evaluation_set("test", self._labelled(self._required("test_path", stage)))
         elif stage == "predict":
             reader = PostReader(
                 self._required("predict_path", stage), self.text_column, None, self.id_column, self.predict_format
             )
             self.datasets["predict"] = StreamedPosts(reader)
         self._ready_stages.add(stage)
+
+    def _add_evaluation_set(self, split: str, posts: list[Post]) -> None:
+        dataset = self.datasets[split] = TokenizedPosts(posts, self.tokenize, self.emoticons)
+        if dataset.tags_only:
+            rank_zero_info(
+                f"{dataset.tags_only} of {len(dataset)} {split} posts are nothing but emoticon tags: "
+                f"left out of {split}_f1_text"
+            )
 
     def _required(self, name: str, stage: str) -> str:
         path = getattr(self, name)
@@ -380,18 +456,21 @@ class WeiboDataModule(LightningDataModule):
             )
         return [posts[i] for i in train_idx], [posts[i] for i in val_idx]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler: Optional[Sampler] = None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=PadLabelled(self.tokenizer.pad_token_id),
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        train = self.datasets["train"]
+        # seed_everything (the config's seed_everything) records the run's seed here, for every process.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        return self._loader("train", self.batch_size, TrainingSampler(train.strippable(), self.emoticon_dropout, seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)

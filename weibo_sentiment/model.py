@@ -132,6 +132,9 @@ class SentimentClassifier(LightningModule):
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        # Macro-F1 on the same posts with their emoticon tags removed (see weibo_sentiment.emoticons).
+        self.val_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
+        self.test_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
 
     # ---- what a checkpoint holds -------------------------------------------------------------------------
     def trainable_keys(self) -> set[str]:
@@ -188,11 +191,28 @@ class SentimentClassifier(LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_metrics)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val", self.val_metrics)
+    def _text_only_step(self, batch: dict[str, Any], stage: str, metric: MulticlassF1Score) -> None:
+        if "text_only" not in batch:  # every post of this batch was nothing but emoticon tags
+            return
+        text_only = batch["text_only"]
+        metric.update(self(text_only["input_ids"], text_only["attention_mask"]).argmax(dim=-1), text_only["labels"])
+        self.log(f"{stage}_f1_text", metric, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(text_only["labels"]))  # fmt: skip
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val", self.val_metrics)
+        self._text_only_step(batch, "val", self.val_f1_text)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
+        self._text_only_step(batch, "test", self.test_f1_text)
+
+    def on_validation_epoch_end(self) -> None:
+        # One figure that rewards reading the words as well as the tags, for choosing checkpoints.
+        # compute() here returns the values synced across processes that the logged metric objects report.
+        if self.val_f1_text.update_count:
+            mean = (self.val_metrics["f1"].compute() + self.val_f1_text.compute()) / 2
+            self.log("val_f1_mean", mean, prog_bar=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities, one row per post; the prediction writer turns them into labelled rows."""

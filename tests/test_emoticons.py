@@ -1,0 +1,76 @@
+"""Emoticon tags: the pattern on real posts, training-only emoticon dropout, and its determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import real_rows, write_csv
+from weibo_sentiment.data import TrainingSampler, WeiboDataModule
+from weibo_sentiment.emoticons import EmoticonTags
+from weibo_sentiment.errors import UserError
+
+TAGS = EmoticonTags()
+
+
+def test_tags_of_real_posts_are_found_and_removed() -> None:
+    post = "人生啊?不知哪一面就是最后一面了[悲伤]珍惜是福。"
+    assert TAGS.find(post) == ["[悲伤]"]
+    assert TAGS.strip(post) == "人生啊?不知哪一面就是最后一面了珍惜是福。"
+    repost = "这这这[哈哈] //@璨璨:呀，一般都是人去世了再发这个呀[偷笑]"
+    assert TAGS.find(repost) == ["[哈哈]", "[偷笑]"]
+    assert TAGS.strip("[泪][泪][泪] [转]").strip() == ""  # nothing but tags
+    assert TAGS.find("[good]加油[bm可爱]") == ["[good]", "[bm可爱]"]
+    rows = real_rows(500)
+    assert sum(bool(TAGS.find(r["review"])) for r in rows) > 450  # the corpus was labelled from these tags
+    assert not any(TAGS.find(TAGS.strip(r["review"])) for r in rows)  # stripping leaves none behind
+
+
+def test_ordinary_brackets_are_kept_as_documented() -> None:
+    assert TAGS.find("[转]假如生活欺骗了你") == ["[转]"]  # Weibo's repost mark is a tag
+    for text in ("数组 a[1] 和 [22]", "[这是一段超过十个字符的方括号内容啊]", "只有左括号[哈哈", "嵌套[[哈]"):
+        assert TAGS.strip(text).count("[") == text.count("[") - (1 if text == "嵌套[[哈]" else 0), text
+
+
+def test_the_pattern_is_configurable_and_checked(tiny_gpt2: str) -> None:
+    assert EmoticonTags(r"\[哈哈\]").strip("[哈哈][泪]") == "[泪]"
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        WeiboDataModule(emoticon_pattern="[", tokenizer_name_or_path=tiny_gpt2)
+    with pytest.raises(UserError, match="emoticon_dropout is a probability"):
+        WeiboDataModule(emoticon_dropout=1.5, tokenizer_name_or_path=tiny_gpt2)
+
+
+def draws(sampler: TrainingSampler, epoch: int) -> list[tuple[int, bool]]:
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_dropout_draws_are_seeded_per_epoch_and_only_touch_posts_with_tags() -> None:
+    strippable = [i % 4 != 0 for i in range(1000)]  # every fourth post has no tag to remove
+    sampler = TrainingSampler(strippable, emoticon_dropout=0.5, seed=42)
+    epoch0 = draws(sampler, 0)
+    assert sorted(i for i, _ in epoch0) == list(range(1000)) and [i for i, _ in epoch0] != list(range(1000))
+    assert epoch0 == draws(TrainingSampler(strippable, 0.5, seed=42), 0)  # same run, same draws
+    assert draws(sampler, 1) != epoch0  # drawn anew each epoch
+    assert draws(TrainingSampler(strippable, 0.5, seed=7), 0) != epoch0
+    stripped = [i for i, strip in epoch0 if strip]
+    assert all(strippable[i] for i in stripped) and 320 < len(stripped) < 430  # ~half of the 750 with tags
+    assert not any(strip for _, strip in draws(TrainingSampler(strippable, 0.0, seed=42), 0))
+    assert sum(strip for _, strip in draws(TrainingSampler(strippable, 1.0, seed=42), 0)) == 750
+
+
+def test_dropout_alters_training_batches_only(tiny_gpt2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    dm = WeiboDataModule(train_path=str(write_csv(tmp_path / "t.csv", real_rows(200))), emoticon_dropout=1.0,
+                         tokenizer_name_or_path=tiny_gpt2)  # fmt: skip
+    dm.setup("fit")
+    decode = dm.tokenizer.decode
+    train_texts = [decode(ids, skip_special_tokens=True) for batch in dm.train_dataloader() for ids in batch["input_ids"]]
+    val_batches = list(dm.val_dataloader())
+    val_texts = [decode(ids, skip_special_tokens=True) for b in val_batches for ids in b["input_ids"]]
+    kept = sum(not TAGS.strip(p.text).strip() or "[" in TAGS.strip(p.text) for p in dm.datasets["train"].posts)
+    assert sum("[" in text for text in train_texts) == kept  # tags gone, bar tag-only posts and stray brackets
+    assert sum("[" in text for text in val_texts) > 0.9 * len(val_texts)  # validation posts stay as written
+    text_only = [decode(ids, skip_special_tokens=True) for b in val_batches for ids in b["text_only"]["input_ids"]]
+    assert text_only and not any("[" in text for text in text_only)
