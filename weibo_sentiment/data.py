@@ -413,11 +413,11 @@ class WeiboDataModule(LightningDataModule):
         self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
         self.tokenize = Tokenize(self.tokenizer, self.max_length)
         if stage == "fit":
-            train, val = self._train_and_val()
+            train, val = self._train_and_val(stage)
             self.datasets["train"] = TokenizedPosts(train, self.tokenize, self.emoticons)
             self._add_evaluation_set("val", val)
         elif stage == "validate":
-            self._add_evaluation_set("val", self._labelled(self.val_path) if self.val_path else self._train_and_val()[1])
+            self._add_evaluation_set("val", self._labelled(self.val_path) if self.val_path else self._train_and_val(stage)[1])
         elif stage == "test":
             self._add_evaluation_set("test", self._labelled(self._required("test_path", stage)))
         elif stage == "predict":
@@ -438,14 +438,16 @@ class WeiboDataModule(LightningDataModule):
     def _required(self, name: str, stage: str) -> str:
         path = getattr(self, name)
         if path is None:
-            raise UserError(f"'{stage}' needs posts to work on: pass --data.{name} FILE (or set it in the config)")
+            also = " (or --data.val_path FILE)" if stage == "validate" else ""
+            raise UserError(f"'{stage}' needs posts to work on: pass --data.{name} FILE{also}, or set it in the config")
         return path
 
     def _labelled(self, path: str) -> list[Post]:
         return read_labelled(path, self.text_column, self.label_column, self.num_labels)
 
-    def _train_and_val(self) -> tuple[list[Post], list[Post]]:
-        posts = self._labelled(self._required("train_path", "fit"))
+    def _train_and_val(self, stage: str) -> tuple[list[Post], list[Post]]:
+        """Training and validation posts: ``val_path``'s, or the held-out split of ``train_path``."""
+        posts = self._labelled(self._required("train_path", stage))
         if self.val_path is not None:
             return posts, self._labelled(self.val_path)
         train_idx, val_idx = stratified_split([post.label for post in posts], self.val_fraction, self.split_seed)
