@@ -16,47 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import REPO
+from conftest import BATCH, EPOCHS, QUICKSTART, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
 from test_model import gpt2_trainable_keys, randomize_trainable
 from weibo_sentiment.cli import SentimentCLI, main
 from weibo_sentiment.emoticons import EmoticonTags
-
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-EPOCHS, TRAIN_POSTS, BATCH = 2, 270, 16  # 300 posts, 10 % held out
-
-
-def cli_args(subcommand: str, tiny_gpt2: str, root: Path, *extra: str) -> list[str]:
-    return [
-        subcommand,
-        "--config", QUICKSTART,
-        "--model.model_name_or_path", tiny_gpt2,
-        "--trainer.default_root_dir", str(root),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.max_epochs", str(EPOCHS),
-        *extra,
-    ]  # fmt: skip
-
-
-def run_main(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
-
-
-def read_predictions(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: str, train_csv: Path) -> dict:
-    """One real `python main.py fit` on 300 real posts; the tests below read what it wrote."""
-    root = tmp_path_factory.mktemp("run")
-    result = run_main(cli_args("fit", tiny_gpt2, root, "--data.train_path", str(train_csv)))
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = root / "lightning_logs" / "version_0"
-    (best,) = run_dir.glob("checkpoints/best-*.ckpt")
-    return {"root": root, "run_dir": run_dir, "best": best, "last": run_dir / "checkpoints" / "last.ckpt",
-            "stdout": result.stdout, "train_csv": train_csv}  # fmt: skip
-
 
 def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict) -> None:
     saved = torch.load(trained["best"], weights_only=True)["state_dict"]

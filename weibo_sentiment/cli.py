@@ -9,12 +9,10 @@ This is the one place that turns a user mistake into one line on stderr and a no
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -22,8 +20,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from weibo_sentiment.callbacks import AdapterCheckpoint, PredictionWriter
 from weibo_sentiment.data import WeiboDataModule
-from weibo_sentiment.errors import UserError, first_line
-from weibo_sentiment.model import ARCHITECTURE_HPARAMS, SentimentClassifier
+from weibo_sentiment.errors import UserError, exit_on_user_error
+from weibo_sentiment.inference import checkpoint_architecture, read_checkpoint
+from weibo_sentiment.model import SentimentClassifier
+from weibo_sentiment.serve import ServeSettings
 
 LAST = "last"
 
@@ -78,6 +78,8 @@ class SentimentCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "predict_writer")
+        # The HTTP API's settings live in the same config file; main.py only accepts them.
+        parser.add_class_arguments(ServeSettings, "serve")
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``--ckpt_path`` and take the architecture hyper-parameters from the checkpoint.
@@ -94,15 +96,8 @@ class SentimentCLI(LightningCLI):
         if config.ckpt_path == LAST:
             root_dir = Path(config.trainer.default_root_dir or ".")
             path = find_last_checkpoint(root_dir, config.checkpoint.dirpath)
-        if path.is_dir() or not path.is_file():
-            raise UserError(f"{path}: no such checkpoint file" + (" (it is a directory)" if path.is_dir() else ""))
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            hparams = checkpoint.get("hyper_parameters") or {}
-        except Exception as err:  # torch raises many types for a damaged file
-            raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line(err)}") from None
+        architecture = checkpoint_architecture(read_checkpoint(path))
         config.ckpt_path = str(path)
-        architecture = {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
         overridden = {k: v for k, v in architecture.items() if config.model.get(k) != v}
         if overridden:
             settings = ", ".join(f"{k}={v}" for k, v in overridden.items())
@@ -144,8 +139,8 @@ class SentimentCLI(LightningCLI):
 
 def main(args: Any = None) -> None:
     """Entry point of ``main.py`` and the ``weibo-sentiment`` console script."""
-    try:
-        SentimentCLI(args=args)
-    except (UserError, MisconfigurationException) as err:
-        sys.stderr.write(f"error: {err}\n")
-        raise SystemExit(2) from None
+    with exit_on_user_error():
+        try:
+            SentimentCLI(args=args)
+        except MisconfigurationException as err:  # Lightning's word for a trainer setting that cannot work here
+            raise UserError(str(err)) from None

@@ -1,5 +1,8 @@
 """The one exception type for user mistakes: the CLI prints its message as one line and exits non-zero."""
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,3 +20,13 @@ def explain_load_error(name_or_path: str, err: BaseException) -> str:
     if Path(name_or_path).is_dir():
         return f"the directory exists but: {first_line(err)}"
     return f"no such directory, and as a hub id: {first_line(err)}"
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """The error boundary of every entry point: a :class:`UserError` becomes one ``error:`` line and exit status 2."""
+    try:
+        yield
+    except UserError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2) from None

@@ -1,0 +1,53 @@
+"""An interactive console: type a post, read its sentiment and confidence; the model is loaded once.
+
+    python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last.ckpt
+    echo 好开心[哈哈] | python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last.ckpt
+
+One post per line; ``q``, ``quit`` or the end of input leaves. Works on a terminal and on piped input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from weibo_sentiment.errors import exit_on_user_error
+from weibo_sentiment.inference import add_model_arguments, predictor_from_arguments
+
+QUIT = {"q", "quit"}
+
+
+def describe(row: dict) -> str:
+    """One line for one post: sentiment, confidence, and the emoticon tags it may rest on."""
+    line = f"{row['sentiment']}  confidence {row['confidence']:.2f}"
+    if row["emoticons"]:
+        line += f"  (emoticons: {row['emoticons']})"
+    return line + ("  (truncated to the model's window)" if row["truncated"] else "")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        predictor = predictor_from_arguments(args)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type a Weibo post and press Enter (q to quit).")
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        post = line.strip()
+        if post.lower() in QUIT:
+            break
+        if not post:
+            print("empty post: type some text, or q to quit", flush=True)
+            continue
+        print(describe(predictor.predict([post])[0]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

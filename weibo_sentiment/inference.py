@@ -1,0 +1,121 @@
+"""Load a trained model for inference, once, and label posts with it: shared by the HTTP API and the console.
+
+The model and data settings come from the same YAML config as ``main.py``; the weights from a checkpoint
+(``--ckpt_path``) or a peft adapter directory (``--adapter_path``). LoRA is merged into the base weights and the
+model put in eval mode, so each request is one plain forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from weibo_sentiment.callbacks import prediction_rows
+from weibo_sentiment.data import Post, Tokenize, load_tokenizer, pad_to_longest
+from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
+from weibo_sentiment.errors import UserError, first_line
+from weibo_sentiment.model import ARCHITECTURE_HPARAMS, SentimentClassifier
+
+DATA_SETTINGS = ("max_length", "emoticon_pattern", "text_column")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file, loaded safely (``weights_only``); a damaged or missing file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line(err)}") from None
+
+
+def checkpoint_architecture(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters that shape a checkpoint's tensors; they win over a config's."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
+
+
+def read_config(path: Optional[str]) -> dict[str, Any]:
+    """The ``model`` and ``data`` sections of a ``main.py`` YAML config (other sections are ignored here)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({first_line(err)})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a YAML mapping with model: and data: sections")
+    return config
+
+
+class SentimentPredictor:
+    """A merged, eval-mode model with its tokenizer: ``predict(texts)`` gives one result row per text."""
+
+    def __init__(
+        self,
+        config_path: Optional[str] = None,
+        ckpt_path: Optional[str] = None,
+        adapter_path: Optional[str] = None,
+        model_name_or_path: Optional[str] = None,
+        device: str = "cpu",
+    ) -> None:
+        config = read_config(config_path)
+        model_settings = dict(config.get("model") or {})
+        data_settings = {k: v for k, v in (config.get("data") or {}).items() if k in DATA_SETTINGS}
+        if model_name_or_path:
+            model_settings["model_name_or_path"] = model_name_or_path
+        if adapter_path:
+            model_settings["adapter_path"] = adapter_path
+        checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
+        if checkpoint is not None:
+            model_settings.update(checkpoint_architecture(checkpoint))
+        try:
+            module = SentimentClassifier(**model_settings)
+        except TypeError as err:
+            raise UserError(f"{config_path}: model section: {err}") from None
+        if checkpoint is not None:
+            module.on_load_checkpoint(checkpoint)  # exactly the expected tensors, or a clear error
+            module.load_state_dict(checkpoint["state_dict"], strict=False)
+        self.model = module.model.merge_and_unload().eval().to(device)
+        self.device = device
+        self.tokenizer = load_tokenizer(module.hparams.model_name_or_path)
+        self.tokenize = Tokenize(self.tokenizer, data_settings.get("max_length", 128))
+        self.emoticons = EmoticonTags(data_settings.get("emoticon_pattern", DEFAULT_PATTERN))
+        self.text_column = data_settings.get("text_column", "review")
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """``label``, ``sentiment``, ``confidence``, ``prob_positive``, ``emoticons`` and ``truncated`` per text."""
+        if not texts:
+            return []
+        input_ids = self.tokenize(texts)
+        batch = pad_to_longest(input_ids, self.tokenizer.pad_token_id)
+        logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+        rows = prediction_rows([Post(text) for text in texts], logits.float().softmax(-1).cpu(), self.text_column,
+                               self.emoticons)  # fmt: skip
+        for row, ids in zip(rows, input_ids):
+            del row[self.text_column]
+            # The model reads max_length tokens; say so when a post was cut to fit rather than pass it silently.
+            row["truncated"] = len(ids) >= self.tokenize.max_length
+        return rows
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load: shared by the HTTP API and the console."""
+    parser.add_argument("--config", help="a main.py YAML config: its model and data sections are used")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--ckpt_path", help="a checkpoint written by main.py fit")
+    weights.add_argument("--adapter_path", help="a peft adapter directory (ours or another peft script's)")
+    parser.add_argument("--model_name_or_path", help="the base model, if not the config's (hub id or directory)")
+
+
+def predictor_from_arguments(args: argparse.Namespace) -> SentimentPredictor:
+    return SentimentPredictor(args.config, args.ckpt_path, args.adapter_path, args.model_name_or_path)
