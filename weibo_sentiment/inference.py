@@ -92,15 +92,21 @@ class SentimentPredictor:
         self.text_column = data_settings.get("text_column", "review")
 
     @torch.inference_mode()
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """``label``, ``sentiment``, ``confidence``, ``prob_positive``, ``emoticons`` and ``truncated`` per text."""
-        if not texts:
-            return []
+    def predict(self, texts: list[str], chunk_size: int = 64) -> list[dict[str, Any]]:
+        """``label``, ``sentiment``, ``confidence``, ``prob_positive``, ``emoticons`` and ``truncated`` per text.
+
+        Texts are run in chunks of similar length (sorted by token count, answers restored to input order),
+        so a short post never pays for padding to a long one.
+        """
         input_ids = self.tokenize(texts)
-        batch = pad_to_longest(input_ids, self.tokenizer.pad_token_id)
-        logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
-        rows = prediction_rows([Post(text) for text in texts], logits.float().softmax(-1).cpu(), self.text_column,
-                               self.emoticons)  # fmt: skip
+        order = sorted(range(len(texts)), key=lambda i: len(input_ids[i]))
+        probabilities = torch.empty((len(texts), self.model.config.num_labels))
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start : start + chunk_size]
+            batch = pad_to_longest([input_ids[i] for i in chunk], self.tokenizer.pad_token_id)
+            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+            probabilities[chunk] = logits.float().softmax(-1).cpu()
+        rows = prediction_rows([Post(text) for text in texts], probabilities, self.text_column, self.emoticons)
         for row, ids in zip(rows, input_ids):
             del row[self.text_column]
             # The model reads max_length tokens; say so when a post was cut to fit rather than pass it silently.

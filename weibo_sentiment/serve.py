@@ -80,7 +80,7 @@ class SentimentAPI(ls.LitAPI):
     def predict(self, inputs: Any) -> Any:
         requests = inputs if isinstance(inputs, list) else [inputs]  # max_batch_size 1 passes one request
         texts = [text for request_texts, _ in requests for text in request_texts]
-        rows = [row for start in range(0, len(texts), 256) for row in self.predictor.predict(texts[start : start + 256])]
+        rows = self.predictor.predict(texts)
         answers, start = [], 0
         for request_texts, single in requests:
             answers.append((rows[start : start + len(request_texts)], single))
