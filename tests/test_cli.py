@@ -36,7 +36,7 @@ def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict)
     events = EventAccumulator(str(run_dir))
     events.Reload()
     expected = {"train_loss_step", "train_loss_epoch", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1",
-                "val_f1_text", "val_f1_mean", "lr-AdamW"}  # fmt: skip
+                "val_f1_text", "val_f1_mean", "lr-AdamW", "hp/val_f1", "hp/val_f1_text"}  # fmt: skip
     assert expected <= set(events.Tags()["scalars"])
 
 
@@ -219,3 +219,23 @@ def test_validate_and_test_on_their_own_files(trained: dict, tiny_gpt2: str, pos
     for name in ("f1", "acc", "loss"):  # the same posts and weights give the same figures in either stage
         assert test.trainer.callback_metrics[f"test_{name}"].item() == pytest.approx(
             validate.trainer.callback_metrics[f"val_{name}"].item(), abs=1e-6)
+
+
+def test_evaluations_draw_pictures_and_validate_writes_them_with_a_json_report(
+    trained: dict, tiny_gpt2: str, tmp_path: Path
+) -> None:
+    events = EventAccumulator(str(trained["run_dir"]))
+    events.Reload()
+    assert {"val/confusion_matrix", "val/pr_curve"} <= set(events.Tags()["images"])
+    assert "val/misclassified/text_summary" in events.Tags()["tensors"]
+    cli = SentimentCLI(args=cli_args("validate", tiny_gpt2, tmp_path, "--data.train_path", str(trained["train_csv"]),
+                                     "--ckpt_path", str(trained["best"])))  # fmt: skip
+    run_dir = Path(cli.trainer.log_dir)
+    assert (run_dir / "val_confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "val_pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((run_dir / "val_metrics.json").read_text(encoding="utf-8"))
+    assert report["posts"] == 30 and report["metrics"]["val_f1"] == pytest.approx(
+        cli.trainer.callback_metrics["val_f1"].item())
+    wrong = report["misclassified"]
+    assert len(wrong) == round((1 - report["metrics"]["val_acc"]) * 30) or len(wrong) == 20
+    assert all((r["prob_positive"] > 0.5) != (r["label"] == 1) for r in wrong)

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from weibo_sentiment.callbacks import AdapterCheckpoint, PredictionWriter
+from weibo_sentiment.callbacks import AdapterCheckpoint, EvaluationReport, PredictionWriter
 from weibo_sentiment.data import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference import checkpoint_architecture, read_checkpoint
@@ -58,6 +58,7 @@ class SentimentCLI(LightningCLI):
             WeiboDataModule,
             # A resumed run writes into its own folder again, where config.yaml already stands.
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [EvaluationReport()]},
             auto_configure_optimizers=False,
             args=args,
             **kwargs,

@@ -16,7 +16,12 @@ import torch
 from lightning.pytorch import LightningModule
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecisionRecallCurve,
+)
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, get_linear_schedule_with_warmup
 from transformers.pytorch_utils import Conv1D
 
@@ -135,6 +140,12 @@ class SentimentClassifier(LightningModule):
         # Macro-F1 on the same posts with their emoticon tags removed (see weibo_sentiment.emoticons).
         self.val_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
         self.test_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
+        # Pictures of each evaluation, drawn by callbacks.EvaluationReport: one object per stage.
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
+        self.val_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
+        self.test_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
+        self.evaluation_probabilities: list[torch.Tensor] = []  # this evaluation's, in dataloader order
 
     # ---- what a checkpoint holds -------------------------------------------------------------------------
     def trainable_keys(self) -> set[str]:
@@ -181,6 +192,11 @@ class SentimentClassifier(LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         metrics.update(logits.argmax(dim=-1), batch["labels"])
+        if stage != "train":
+            probabilities = logits.detach().float().softmax(dim=-1)
+            getattr(self, f"{stage}_confusion").update(probabilities.argmax(dim=-1), batch["labels"])
+            getattr(self, f"{stage}_pr_curve").update(probabilities, batch["labels"])
+            self.evaluation_probabilities.append(probabilities.cpu())
         on_step = stage == "train"
         size = len(batch["labels"])
         self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
@@ -206,6 +222,12 @@ class SentimentClassifier(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
         self._text_only_step(batch, "test", self.test_f1_text)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluation_probabilities = []
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluation_probabilities = []
 
     def on_validation_epoch_end(self) -> None:
         # One figure that rewards reading the words as well as the tags, for choosing checkpoints.
