@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import BATCH, EPOCHS, QUICKSTART, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
-from test_model import gpt2_trainable_keys, randomize_trainable
+from conftest import BATCH, EPOCHS, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
+from test_model import gpt2_trainable_keys
 from weibo_sentiment.cli import SentimentCLI, main
 from weibo_sentiment.emoticons import EmoticonTags
 
