@@ -236,3 +236,18 @@ def test_evaluations_draw_pictures_and_validate_writes_them_with_a_json_report(
     wrong = report["misclassified"]
     assert len(wrong) == round((1 - report["metrics"]["val_acc"]) * 30) or len(wrong) == 20
     assert all((r["prob_positive"] > 0.5) != (r["label"] == 1) for r in wrong)
+
+
+def test_posts_without_text_are_marked_in_place_not_classified(trained: dict, tiny_gpt2: str, tmp_path: Path) -> None:
+    texts = ["好开心[哈哈]", "", "   ", "😀😀", "太难过了[泪]"]
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text("".join(json.dumps({"id": i, "review": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                     encoding="utf-8")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.predict_path",
+                  str(posts), "--predict_writer.output_path", str(out)))  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["id"], r["review"]) for r in rows] == [(str(i), t) for i, t in enumerate(texts)]
+    assert [r["sentiment"] for r in rows][1:3] == ["empty", "empty"]
+    assert rows[1]["label"] is None and rows[1]["prob_positive"] is None
+    assert all(r["sentiment"] in ("positive", "negative") for r in (rows[0], rows[3], rows[4]))  # emoji: classified

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from weibo_sentiment.errors import UserError
 
 SENTIMENTS = ("negative", "positive")
 """The name of each label: 0 = negative, 1 = positive."""
+EMPTY = "empty"
+"""The sentiment of a prediction row whose post has no text to classify."""
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
@@ -45,21 +48,26 @@ def prediction_rows(
     """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons.
 
     ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them.
+    A post that was not classified (NaN probabilities: it has no text) keeps its row, marked ``sentiment``
+    ``empty`` with no label, confidence or probability, so the rows after it never shift.
     """
     confidence, labels = probabilities.max(dim=-1)
     rows = []
     for post, label, conf, probs in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist()):
         row: dict[str, Any] = {} if post.id is None else {"id": post.id}
-        row.update(
-            {
-                text_column: post.text,
-                "label": label,
-                "sentiment": SENTIMENTS[label] if label < len(SENTIMENTS) else str(label),
-                "confidence": round(conf, 6),
-                "prob_positive": round(probs[1], 6),
-                "emoticons": "".join(emoticons.find(post.text)),
-            }
-        )
+        row[text_column] = post.text
+        if math.isnan(probs[0]):
+            row.update({"label": None, "sentiment": EMPTY, "confidence": None, "prob_positive": None})
+        else:
+            row.update(
+                {
+                    "label": label,
+                    "sentiment": SENTIMENTS[label] if label < len(SENTIMENTS) else str(label),
+                    "confidence": round(conf, 6),
+                    "prob_positive": round(probs[1], 6),
+                }
+            )
+        row["emoticons"] = "".join(emoticons.find(post.text))
         rows.append(row)
     return rows
 
@@ -81,7 +89,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
         self._file: Optional[IO[str]] = None
         self._csv: Optional[csv.DictWriter] = None
-        self.rows_written = 0
+        self.rows_written = self.empty_posts = 0
 
     def _target(self, trainer: pl.Trainer) -> Path:
         path = Path(self.output_path or Path(trainer.default_root_dir) / "predictions.csv")
@@ -96,7 +104,7 @@ class PredictionWriter(BasePredictionWriter):
         self.format = OUTPUT_FORMATS[self.target.suffix.lower()]
         self.text_column = getattr(trainer.datamodule, "text_column", "review")
         self.emoticons = getattr(trainer.datamodule, "emoticons", None) or EmoticonTags()
-        self.rows_written = 0
+        self.rows_written = self.empty_posts = 0
         if trainer.is_global_zero:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
@@ -125,13 +133,15 @@ class PredictionWriter(BasePredictionWriter):
                 self._csv.writeheader()
             self._csv.writerows(rows)
         self.rows_written += len(rows)
+        self.empty_posts += sum(row["sentiment"] == EMPTY for row in rows)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._file is None:
             return
         self._close()
         os.replace(self._tmp_path, self.target)
-        rank_zero_info(f"Wrote {self.rows_written} predictions to {self.target}")
+        empty = f" ({self.empty_posts} posts without text marked sentiment={EMPTY})" if self.empty_posts else ""
+        rank_zero_info(f"Wrote {self.rows_written} predictions to {self.target}{empty}")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._file is not None:

@@ -328,14 +328,21 @@ class StreamedPosts(IterableDataset):
 
 
 class TokenizeAndPad:
-    """Collate for prediction: tokenize the batch's posts, pad to the longest, and keep the posts for the writer."""
+    """Collate for prediction: tokenize the batch's posts, pad to the longest, and keep the posts for the writer.
+
+    Posts with no text (empty or only spaces) cannot be classified: they stay in ``posts``, so the writer keeps
+    every row in place, but only the others (``classified``, their positions) go to the model.
+    """
 
     def __init__(self, tokenize: Tokenize, pad_token_id: int) -> None:
         self.tokenize = tokenize
         self.pad_token_id = pad_token_id
 
     def __call__(self, posts: list[Post]) -> dict[str, Any]:
-        batch: dict[str, Any] = pad_to_longest(self.tokenize([post.text for post in posts]), self.pad_token_id)
+        classified = [index for index, post in enumerate(posts) if post.text.strip()]
+        ids = self.tokenize([posts[i].text for i in classified]) if classified else [[self.pad_token_id]]
+        batch: dict[str, Any] = pad_to_longest(ids, self.pad_token_id)
+        batch["classified"] = torch.tensor(classified, dtype=torch.long)
         batch["posts"] = posts
         return batch
 

@@ -237,8 +237,12 @@ class SentimentClassifier(LightningModule):
             self.log("val_f1_mean", mean, prog_bar=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Class probabilities, one row per post; the prediction writer turns them into labelled rows."""
-        return self(batch["input_ids"], batch["attention_mask"]).softmax(dim=-1)
+        """Class probabilities, one row per post (NaN for posts without text); the writer makes rows of them."""
+        probabilities = torch.full((len(batch["posts"]), self.hparams.num_labels), float("nan"), device=self.device)
+        if len(batch["classified"]):
+            logits = self(batch["input_ids"], batch["attention_mask"])
+            probabilities[batch["classified"]] = logits.softmax(dim=-1).to(probabilities.dtype)
+        return probabilities
 
     def configure_optimizers(self) -> dict[str, Any]:
         total_steps = self.trainer.estimated_stepping_batches
