@@ -141,8 +141,11 @@ def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gp
     assert batch["labels"].tolist() == [1, 0]
     assert len(dataset[2]["input_ids"]) == 128  # truncated
     predict_batch = TokenizeAndPad(tokenize, tokenizer.pad_token_id)(posts[:2])
-    assert set(predict_batch) == {"input_ids", "attention_mask", "posts"}
+    assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified"}
     assert predict_batch["input_ids"].tolist() == batch["input_ids"].tolist()
+    blank = TokenizeAndPad(tokenize, tokenizer.pad_token_id)([Post(" "), Post("好"), Post("")])
+    assert blank["classified"].tolist() == [1] and blank["input_ids"].shape[0] == 1 and len(blank["posts"]) == 3
+    assert TokenizeAndPad(tokenize, tokenizer.pad_token_id)([Post("")])["classified"].tolist() == []
 
 
 def test_datamodule_holds_out_the_same_validation_posts_for_fit_and_validate(tiny_gpt2: str, train_csv: Path) -> None:
