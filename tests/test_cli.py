@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import BATCH, EPOCHS, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
 from test_model import gpt2_trainable_keys
-from weibo_sentiment.cli import SentimentCLI, main
+from weibo_sentiment.cli import SentimentCLI, find_last_checkpoint, main
 from weibo_sentiment.emoticons import EmoticonTags
 
 def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict) -> None:
@@ -251,3 +252,33 @@ def test_posts_without_text_are_marked_in_place_not_classified(trained: dict, ti
     assert [r["sentiment"] for r in rows][1:3] == ["empty", "empty"]
     assert rows[1]["label"] is None and rows[1]["prob_positive"] is None
     assert all(r["sentiment"] in ("positive", "negative") for r in (rows[0], rows[3], rows[4]))  # emoji: classified
+
+
+def test_prediction_columns_are_fixed_whatever_the_posts(trained: dict, tiny_gpt2: str, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"review": "好开心[哈哈]"}\n{"review": "难过[泪]", "id": 7}\n', encoding="utf-8")
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("id,review\n", encoding="utf-8")
+    for source, out in ((mixed, tmp_path / "mixed.csv"), (header_only, tmp_path / "none.csv")):
+        main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.predict_path",
+                      str(source), "--predict_writer.output_path", str(out)))  # fmt: skip
+    assert [(r["id"], r["review"]) for r in read_predictions(tmp_path / "mixed.csv")] == [("", "好开心[哈哈]"),
+                                                                                        ("7", "难过[泪]")]  # fmt: skip
+    columns = "id,review,label,sentiment,confidence,prob_positive,emoticons"
+    assert (tmp_path / "none.csv").read_text(encoding="utf-8").splitlines() == [columns]
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(trained: dict, tiny_gpt2: str, posts_csv: Path,
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):
+        main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.predict_path",
+                      str(posts_csv), "--predict_writer.output_path", str(tmp_path / "afile" / "out.csv")))  # fmt: skip
+    assert "cannot write the predictions here" in capsys.readouterr().err
+
+
+def test_last_finds_the_newest_last_checkpoint_including_versioned_names(tmp_path: Path) -> None:
+    (tmp_path / "last.ckpt").write_bytes(b"old")
+    time.sleep(0.01)
+    (tmp_path / "last-v1.ckpt").write_bytes(b"new")
+    assert find_last_checkpoint(tmp_path, str(tmp_path)).name == "last-v1.ckpt"

@@ -95,6 +95,7 @@ def test_prediction_reader_streams_instead_of_loading_the_file(tmp_path: Path) -
         (b"label,review\n-1,x\n", "label '-1' is not one of"),
         (b"label,review\npos,x\n", "label 'pos' is not one of"),
         (b"label,review\n,x\n", "label '' is not one of"),
+        ("label,review\n²,x\n".encode(), "label '²' is not one of"),
         ("label,review\n1,你好\n".encode("gbk"), "not UTF-8 text"),
     ],
 )

@@ -126,6 +126,8 @@ def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(
 def test_a_text_longer_than_the_model_window_is_marked_truncated(server: dict) -> None:
     assert post(server["url"], {"text": "好" * 400})[1]["truncated"] is True
     assert post(server["url"], {"text": "好开心"})[1]["truncated"] is False
+    assert post(server["url"], {"text": "好" * 126})[1]["truncated"] is False  # [CLS] + 126 + [SEP]: exactly fits
+    assert post(server["url"], {"text": "好" * 127})[1]["truncated"] is True
 
 
 def test_the_console_labels_piped_posts_until_q(trained: dict, tiny_gpt2: str) -> None:
@@ -151,3 +153,13 @@ def test_the_console_and_server_refuse_a_missing_checkpoint_in_one_line(tiny_gpt
         )  # fmt: skip
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.ckpt'}: no such checkpoint file"
+
+
+def test_an_unknown_serve_setting_is_one_line(tiny_gpt2: str, trained: dict, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "configs" / "quickstart.yaml").read_text(encoding="utf-8") + "  prot: 8001\n", "utf-8")
+    result = subprocess.run([sys.executable, "-m", "weibo_sentiment.serve", "--config", str(config),
+                             "--model_name_or_path", tiny_gpt2, "--ckpt_path", str(trained["best"])],
+                            cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "prot" in result.stderr

@@ -42,8 +42,13 @@ def _with_default_permissions(path: str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def prediction_columns(text_column: str, with_id: bool) -> list[str]:
+    """The columns of a prediction row, in order."""
+    return (["id"] if with_id else []) + [text_column, "label", "sentiment", "confidence", "prob_positive", "emoticons"]
+
+
 def prediction_rows(
-    posts: list[Post], probabilities: torch.Tensor, text_column: str, emoticons: EmoticonTags
+    posts: list[Post], probabilities: torch.Tensor, text_column: str, emoticons: EmoticonTags, with_id: bool = False
 ) -> list[dict[str, Any]]:
     """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons.
 
@@ -54,7 +59,7 @@ def prediction_rows(
     confidence, labels = probabilities.max(dim=-1)
     rows = []
     for post, label, conf, probs in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist()):
-        row: dict[str, Any] = {} if post.id is None else {"id": post.id}
+        row: dict[str, Any] = {"id": post.id} if with_id else {}
         row[text_column] = post.text
         if math.isnan(probs[0]):
             row.update({"label": None, "sentiment": EMPTY, "confidence": None, "prob_positive": None})
@@ -104,12 +109,23 @@ class PredictionWriter(BasePredictionWriter):
         self.format = OUTPUT_FORMATS[self.target.suffix.lower()]
         self.text_column = getattr(trainer.datamodule, "text_column", "review")
         self.emoticons = getattr(trainer.datamodule, "emoticons", None) or EmoticonTags()
+        # An id column whenever the input may have one (empty where a post has none): fixed columns up front,
+        # so the header is right even for an input with no posts or with ids on some posts only.
+        self.with_id = getattr(trainer.datamodule, "id_column", None) is not None
         self.rows_written = self.empty_posts = 0
         if trainer.is_global_zero:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=self.target.parent)
+            try:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part",
+                                                          dir=self.target.parent)  # fmt: skip
+            except OSError as err:
+                raise UserError(f"{self.target}: cannot write the predictions here ({err.strerror})") from None
             _with_default_permissions(self._tmp_path)
             self._file = os.fdopen(handle, "w", encoding="utf-8", newline="")
+            if self.format != "jsonl":
+                self._csv = csv.DictWriter(self._file, fieldnames=prediction_columns(self.text_column, self.with_id),
+                                           delimiter="\t" if self.format == "tsv" else ",")  # fmt: skip
+                self._csv.writeheader()
 
     def write_on_batch_end(
         self,
@@ -123,14 +139,10 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         if self._file is None:
             return
-        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons)
-        if self.format == "jsonl":
+        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons, self.with_id)
+        if self._csv is None:
             self._file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         else:
-            if self._csv is None:
-                delimiter = "\t" if self.format == "tsv" else ","
-                self._csv = csv.DictWriter(self._file, fieldnames=list(rows[0]), delimiter=delimiter)
-                self._csv.writeheader()
             self._csv.writerows(rows)
         self.rows_written += len(rows)
         self.empty_posts += sum(row["sentiment"] == EMPTY for row in rows)

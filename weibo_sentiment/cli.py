@@ -38,9 +38,11 @@ for _message in (
 
 
 def find_last_checkpoint(root_dir: Path, checkpoint_dir: Optional[str]) -> Path:
-    """The newest ``last.ckpt``: in ``checkpoint.dirpath`` if set, else in any ``lightning_logs/version_*`` run."""
+    """The newest ``last*.ckpt``: in ``checkpoint.dirpath`` if set, else in any ``lightning_logs/version_*`` run."""
     pattern_root = Path(checkpoint_dir) if checkpoint_dir else root_dir / "lightning_logs"
-    candidates = [pattern_root / "last.ckpt"] if checkpoint_dir else list(pattern_root.glob("*/checkpoints/last.ckpt"))
+    # A run writing where a last.ckpt already stands names its own last-v1.ckpt, last-v2.ckpt, ...
+    pattern = "last*.ckpt" if checkpoint_dir else "*/checkpoints/last*.ckpt"
+    candidates = list(pattern_root.glob(pattern))
     candidates = [path for path in candidates if path.is_file()]
     if not candidates:
         raise UserError(f"--ckpt_path last: no last.ckpt under {pattern_root}; give a checkpoint file's path instead")

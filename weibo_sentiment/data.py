@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
@@ -158,7 +159,7 @@ class PostReader:
     def _label(self, value: Any, line_no: int) -> int:
         allowed = range(self.num_labels)
         text = str(value).strip() if value is not None else ""
-        if text.lstrip("-").isdigit() and int(text) in allowed:
+        if re.fullmatch(r"-?[0-9]+", text) and int(text) in allowed:
             return int(text)
         raise UserError(
             f"{self.path} line {line_no}: label {text!r} is not one of {', '.join(map(str, allowed))} "

@@ -107,10 +107,14 @@ class SentimentPredictor:
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
             probabilities[chunk] = logits.float().softmax(-1).cpu()
         rows = prediction_rows([Post(text) for text in texts], probabilities, self.text_column, self.emoticons)
-        for row, ids in zip(rows, input_ids):
+        # The model reads max_length tokens; say so when a post was cut to fit rather than pass it silently.
+        # Only posts that reached the limit can have been cut: count their full length to be sure.
+        at_limit = [i for i, ids in enumerate(input_ids) if len(ids) >= self.tokenize.max_length]
+        full_lengths = [len(ids) for ids in self.tokenizer([texts[i] for i in at_limit])["input_ids"]] if at_limit else []
+        cut = {i for i, length in zip(at_limit, full_lengths) if length > self.tokenize.max_length}
+        for index, row in enumerate(rows):
             del row[self.text_column]
-            # The model reads max_length tokens; say so when a post was cut to fit rather than pass it silently.
-            row["truncated"] = len(ids) >= self.tokenize.max_length
+            row["truncated"] = index in cut
         return rows
 
 
@@ -123,5 +127,5 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_name_or_path", help="the base model, if not the config's (hub id or directory)")
 
 
-def predictor_from_arguments(args: argparse.Namespace) -> SentimentPredictor:
-    return SentimentPredictor(args.config, args.ckpt_path, args.adapter_path, args.model_name_or_path)
+def predictor_from_arguments(args: argparse.Namespace, device: str = "cpu") -> SentimentPredictor:
+    return SentimentPredictor(args.config, args.ckpt_path, args.adapter_path, args.model_name_or_path, device)

@@ -223,11 +223,17 @@ class SentimentClassifier(LightningModule):
         self._step(batch, "test", self.test_metrics)
         self._text_only_step(batch, "test", self.test_f1_text)
 
-    def on_validation_epoch_start(self) -> None:
+    def _start_evaluation(self, stage: str) -> None:
+        # The picture metrics are not logged, so Lightning never resets them (e.g. after the sanity check).
+        getattr(self, f"{stage}_confusion").reset()
+        getattr(self, f"{stage}_pr_curve").reset()
         self.evaluation_probabilities = []
 
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation("val")
+
     def on_test_epoch_start(self) -> None:
-        self.evaluation_probabilities = []
+        self._start_evaluation("test")
 
     def on_validation_epoch_end(self) -> None:
         # One figure that rewards reading the words as well as the tags, for choosing checkpoints.

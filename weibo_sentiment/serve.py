@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from weibo_sentiment.errors import exit_on_user_error
+from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference import SentimentPredictor, add_model_arguments, predictor_from_arguments, read_config
 
 API_PATH = "/api/sentiment"
@@ -69,7 +69,7 @@ class SentimentAPI(ls.LitAPI):
         self.settings = settings
 
     def setup(self, device: str) -> None:
-        self.predictor: SentimentPredictor = predictor_from_arguments(self.model_args)
+        self.predictor: SentimentPredictor = predictor_from_arguments(self.model_args, device)
 
     def decode_request(self, request) -> tuple[list[str], bool]:  # noqa: ANN001 - unannotated: LitServe passes the JSON body
         return checked_texts(request, self.settings)
@@ -113,7 +113,12 @@ class RejectNonJson(BaseHTTPMiddleware):
 
 
 def settings_from(config: dict[str, Any], args: argparse.Namespace) -> ServeSettings:
-    settings = ServeSettings(**(config.get("serve") or {}))
+    section = config.get("serve") or {}
+    known = {field.name for field in fields(ServeSettings)}
+    if not isinstance(section, dict) or set(section) - known:
+        unknown = ", ".join(sorted(set(section) - known)) if isinstance(section, dict) else "not a mapping"
+        raise UserError(f"{args.config}: serve section: {unknown} (known: {', '.join(sorted(known))})")
+    settings = ServeSettings(**section)
     for field in fields(ServeSettings):
         if getattr(args, field.name) is not None:
             setattr(settings, field.name, getattr(args, field.name))
