@@ -7,6 +7,7 @@ reported as a :class:`UserError` naming the file and line; nothing downstream pa
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -191,8 +192,13 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
     return sorted(train), sorted(val)
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """The backbone's own tokenizer (a hub id or a model directory), with a pad token."""
+    """The backbone's own tokenizer (a hub id or a model directory), with a pad token.
+
+    Cached: the model (for its pad id), the data module and the inference loader each ask for it, and it is only
+    read, never changed.
+    """
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
