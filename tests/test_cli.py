@@ -191,8 +191,9 @@ def test_a_failing_predict_leaves_no_output_file(trained: dict, tiny_gpt2: str, 
     out = tmp_path / "out" / "predictions.csv"
     with pytest.raises(SystemExit):
         main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--data.eval_batch_size",
-                      "16", "--data.predict_path", str(posts), "--predict_writer.output_path", str(out)))  # fmt: skip
-    assert list(out.parent.iterdir()) == []
+                      "16", "--data.predict_window", "16", "--data.predict_path", str(posts),
+                      "--predict_writer.output_path", str(out)))  # fmt: skip
+    assert list(out.parent.iterdir()) == []  # the rows of the first 100 posts were written, then removed
 
 
 @pytest.mark.parametrize(("config", "dropout"), [("gpt2_chinese_lora.yaml", "0.0"), ("quickstart.yaml", "0.5")])

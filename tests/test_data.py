@@ -17,7 +17,7 @@ from weibo_sentiment.data import (
     Post,
     PostReader,
     Tokenize,
-    TokenizeAndPad,
+    SortedPostBatches,
     TokenizedPosts,
     WeiboDataModule,
     read_labelled,
@@ -141,12 +141,14 @@ def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gp
     assert batch["input_ids"][0, lengths[0] :].eq(tokenizer.pad_token_id).all()
     assert batch["labels"].tolist() == [1, 0]
     assert len(dataset[2]["input_ids"]) == 128  # truncated
-    predict_batch = TokenizeAndPad(tokenize, tokenizer.pad_token_id)(posts[:2])
-    assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified"}
+    predict = SortedPostBatches([], tokenize, tokenizer.pad_token_id, batch_size=2, window=8)
+    (predict_batch,) = predict.window_batches(posts[:2])
+    assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified", "positions", "window_end"}
     assert predict_batch["input_ids"].tolist() == batch["input_ids"].tolist()
-    blank = TokenizeAndPad(tokenize, tokenizer.pad_token_id)([Post(" "), Post("好"), Post("")])
-    assert blank["classified"].tolist() == [1] and blank["input_ids"].shape[0] == 1 and len(blank["posts"]) == 3
-    assert TokenizeAndPad(tokenize, tokenizer.pad_token_id)([Post("")])["classified"].tolist() == []
+    (blank,) = SortedPostBatches([], tokenize, tokenizer.pad_token_id, 3, 8).window_batches([Post(" "), Post("好"), Post("")])
+    assert blank["classified"].tolist() == [2] and len(blank["posts"]) == 3  # empty posts first, unclassified
+    assert blank["posts"][2] == Post("好") and sorted(blank["positions"]) == [0, 1, 2]
+    assert next(predict.window_batches([Post("")]))["classified"].tolist() == []
 
 
 def test_datamodule_holds_out_the_same_validation_posts_for_fit_and_validate(tiny_gpt2: str, train_csv: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import real_rows, write_csv
-from weibo_sentiment.data import TrainingSampler, WeiboDataModule
+from weibo_sentiment.data import LengthGroupedBatches, WeiboDataModule
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
@@ -41,23 +41,23 @@ def test_the_pattern_is_configurable_and_checked(tiny_gpt2: str) -> None:
         WeiboDataModule(emoticon_dropout=1.5, tokenizer_name_or_path=tiny_gpt2)
 
 
-def draws(sampler: TrainingSampler, epoch: int) -> list[tuple[int, bool]]:
+def draws(dropout: float, seed: int = 42, epoch: int = 0) -> list[tuple[int, bool]]:
+    strippable = [i % 4 != 0 for i in range(1000)]  # every fourth post has no tag to remove
+    sampler = LengthGroupedBatches([20] * 1000, [10 if s else None for s in strippable], 16, dropout, seed)
     sampler.set_epoch(epoch)
-    return list(sampler)
+    return [pair for batch in sampler for pair in batch]
 
 
 def test_dropout_draws_are_seeded_per_epoch_and_only_touch_posts_with_tags() -> None:
-    strippable = [i % 4 != 0 for i in range(1000)]  # every fourth post has no tag to remove
-    sampler = TrainingSampler(strippable, emoticon_dropout=0.5, seed=42)
-    epoch0 = draws(sampler, 0)
+    epoch0 = draws(0.5)
     assert sorted(i for i, _ in epoch0) == list(range(1000)) and [i for i, _ in epoch0] != list(range(1000))
-    assert epoch0 == draws(TrainingSampler(strippable, 0.5, seed=42), 0)  # same run, same draws
-    assert draws(sampler, 1) != epoch0  # drawn anew each epoch
-    assert draws(TrainingSampler(strippable, 0.5, seed=7), 0) != epoch0
+    assert epoch0 == draws(0.5)  # same run, same draws
+    assert draws(0.5, epoch=1) != epoch0  # drawn anew each epoch
+    assert draws(0.5, seed=7) != epoch0
     stripped = [i for i, strip in epoch0 if strip]
-    assert all(strippable[i] for i in stripped) and 320 < len(stripped) < 430  # ~half of the 750 with tags
-    assert not any(strip for _, strip in draws(TrainingSampler(strippable, 0.0, seed=42), 0))
-    assert sum(strip for _, strip in draws(TrainingSampler(strippable, 1.0, seed=42), 0)) == 750
+    assert all(i % 4 != 0 for i in stripped) and 320 < len(stripped) < 430  # ~half of the 750 with tags
+    assert not any(strip for _, strip in draws(0.0))
+    assert sum(strip for _, strip in draws(1.0)) == 750
 
 
 def test_dropout_alters_training_batches_only(tiny_gpt2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

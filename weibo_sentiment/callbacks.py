@@ -5,13 +5,16 @@ Both write to a temporary name and rename, so a file or folder appears complete 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import heapq
 import json
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import IO, Any, Optional
 
 import lightning.pytorch as pl
@@ -22,9 +25,10 @@ matplotlib.use("Agg")  # figures are written to files and TensorBoard, never sho
 import matplotlib.pyplot as plt  # noqa: E402
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info
 
-from weibo_sentiment.data import Post
+from weibo_sentiment.data import DELIMITER, Post
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
@@ -77,11 +81,30 @@ def prediction_rows(
     return rows
 
 
+class _RowFile:
+    """Prediction rows appended to an open file as CSV, TSV or JSONL (the CSV/TSV header first)."""
+
+    def __init__(self, file: IO[str], fmt: str, columns: list[str]) -> None:
+        self.file = file
+        self.csv = None if fmt == "jsonl" else csv.DictWriter(file, fieldnames=columns, delimiter=DELIMITER[fmt])
+        if self.csv is not None:
+            self.csv.writeheader()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        if self.csv is None:
+            self.file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        else:
+            self.csv.writerows(rows)
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes one row per input post, in input order, to CSV (default), TSV or JSONL (chosen by the suffix).
 
-    Rows are streamed to a temporary file beside the output and renamed at the end, so the output path holds a
-    complete file or none (an interrupted run leaves any previous file untouched).
+    Predict batches come sorted by length within windows of the input (see ``data.SortedPostBatches``); the rows of
+    each window are put back in input order when its last batch is done. Rows are streamed to a temporary file
+    beside the output and renamed at the end, so the output path holds a complete file or none (an interrupted
+    run leaves any previous file untouched). Under several processes each rank writes its windows to its own
+    part file and rank 0 merges them, in input order, into the one output.
     """
 
     def __init__(self, output_path: Optional[str] = None) -> None:
@@ -93,7 +116,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_path = output_path
         self._file: Optional[IO[str]] = None
-        self._csv: Optional[csv.DictWriter] = None
+        self._tmp_path: Optional[str] = None
         self.rows_written = self.empty_posts = 0
 
     def _target(self, trainer: pl.Trainer) -> Path:
@@ -104,6 +127,23 @@ class PredictionWriter(BasePredictionWriter):
             raise UserError(f"{path}: is a directory; give predict_writer.output_path a file name")
         return path
 
+    def _temporary(self, suffix: str) -> tuple[IO[str], str]:
+        """A new file beside the output, renamed into place (or deleted) at the end."""
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            handle, path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix, dir=self.target.parent)
+        except OSError as err:
+            raise UserError(f"{self.target}: cannot write the predictions here ({err.strerror})") from None
+        _with_default_permissions(path)
+        return os.fdopen(handle, "w", encoding="utf-8", newline=""), path
+
+    def _temporary_dir(self) -> str:
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".parts", dir=self.target.parent)
+        except OSError as err:
+            raise UserError(f"{self.target}: cannot write the predictions here ({err.strerror})") from None
+
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.target = self._target(trainer)
         self.format = OUTPUT_FORMATS[self.target.suffix.lower()]
@@ -112,20 +152,18 @@ class PredictionWriter(BasePredictionWriter):
         # An id column whenever the input may have one (empty where a post has none): fixed columns up front,
         # so the header is right even for an input with no posts or with ids on some posts only.
         self.with_id = getattr(trainer.datamodule, "id_column", None) is not None
+        self.columns = prediction_columns(self.text_column, self.with_id)
         self.rows_written = self.empty_posts = 0
-        if trainer.is_global_zero:
-            try:
-                self.target.parent.mkdir(parents=True, exist_ok=True)
-                handle, self._tmp_path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part",
-                                                          dir=self.target.parent)  # fmt: skip
-            except OSError as err:
-                raise UserError(f"{self.target}: cannot write the predictions here ({err.strerror})") from None
-            _with_default_permissions(self._tmp_path)
-            self._file = os.fdopen(handle, "w", encoding="utf-8", newline="")
-            if self.format != "jsonl":
-                self._csv = csv.DictWriter(self._file, fieldnames=prediction_columns(self.text_column, self.with_id),
-                                           delimiter="\t" if self.format == "tsv" else ",")  # fmt: skip
-                self._csv.writeheader()
+        self._window: list[tuple[int, dict[str, Any]]] = []  # (position, row) of the window being predicted
+        if trainer.world_size == 1:
+            self._file, self._tmp_path = self._temporary(".part")
+            self._rows: Optional[_RowFile] = _RowFile(self._file, self.format, self.columns)
+            return
+        # Several processes: each writes [position, row] lines to its own part file for rank 0 to merge.
+        parts_dir = self._temporary_dir() if trainer.is_global_zero else None
+        self._parts_dir = Path(trainer.strategy.broadcast(parts_dir))
+        self._tmp_path = str(self._parts_dir / f"rank{trainer.global_rank}.jsonl")
+        self._file, self._rows = open(self._tmp_path, "w", encoding="utf-8"), None
 
     def write_on_batch_end(
         self,
@@ -137,33 +175,59 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        if self._file is None:
-            return
         rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons, self.with_id)
-        if self._csv is None:
-            self._file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        self._window += zip(batch["positions"], rows)
+        if batch["window_end"]:
+            self._flush_window()
+
+    def _flush_window(self) -> None:
+        self._window.sort(key=lambda item: item[0])
+        if self._rows is not None:
+            self._count([row for _, row in self._window])
+            self._rows.write(row for _, row in self._window)
         else:
-            self._csv.writerows(rows)
+            self._file.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in self._window)
+        self._window = []
+
+    def _count(self, rows: list[dict[str, Any]]) -> None:
         self.rows_written += len(rows)
         self.empty_posts += sum(row["sentiment"] == EMPTY for row in rows)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._file is None:
-            return
-        self._close()
-        os.replace(self._tmp_path, self.target)
+        self._flush_window()
+        self._file.close()
+        if trainer.world_size > 1:
+            self._merge_parts(trainer)
+        else:
+            os.replace(self._tmp_path, self.target)
+        self._file, self._tmp_path = None, None
         empty = f" ({self.empty_posts} posts without text marked sentiment={EMPTY})" if self.empty_posts else ""
         rank_zero_info(f"Wrote {self.rows_written} predictions to {self.target}{empty}")
 
+    def _merge_parts(self, trainer: pl.Trainer) -> None:
+        """Rank 0 interleaves every rank's part file by input position into the output, then deletes the parts."""
+        trainer.strategy.barrier("prediction parts written")
+        if trainer.is_global_zero:
+            parts = [self._parts_dir / f"rank{rank}.jsonl" for rank in range(trainer.world_size)]
+            out, out_path = self._temporary(".part")
+            with out, contextlib.ExitStack() as stack:
+                rows = _RowFile(out, self.format, self.columns)
+                streams = [map(json.loads, stack.enter_context(open(part, encoding="utf-8"))) for part in parts]
+                for _, row in heapq.merge(*streams, key=lambda item: item[0]):
+                    self._count([row])
+                    rows.write([row])
+            os.replace(out_path, self.target)
+            shutil.rmtree(self._parts_dir, ignore_errors=True)
+        trainer.strategy.barrier("predictions merged")
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._file is not None:
-            self._close()
+            self._file.close()
+            self._file = None
+        if self._tmp_path is not None:
             Path(self._tmp_path).unlink(missing_ok=True)
-
-    def _close(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        self._file, self._csv = None, None
+        if trainer.world_size > 1 and trainer.is_global_zero:
+            shutil.rmtree(self._parts_dir, ignore_errors=True)
 
 
 def export_adapter(peft_model: Any, out_dir: Path) -> None:
@@ -190,14 +254,19 @@ class AdapterCheckpoint(ModelCheckpoint):
     ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``.
     """
 
-    def __init__(self, *args: Any, adapter_dirname: str = "adapter", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, adapter_dirname: str = "adapter", last_every_n_train_steps: int = 200, **kwargs: Any
+    ) -> None:
         """
         Args:
             adapter_dirname: name of the adapter folder, beside the checkpoint folder.
+            last_every_n_train_steps: also write ``last.ckpt`` every this many optimizer steps (with ``save_last``),
+                so a crash loses at most that much work; 0: only after each validation.
             *args, **kwargs: as for ``ModelCheckpoint``.
         """
         super().__init__(*args, **kwargs)
         self.adapter_dirname = adapter_dirname
+        self.last_every_n_train_steps = last_every_n_train_steps
 
     @property
     def adapter_dir(self) -> Path:
@@ -210,6 +279,16 @@ class AdapterCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_stale(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = self.last_every_n_train_steps
+        if every and trainer.global_step % every == 0 and self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            # A save records its step, and ModelCheckpoint skips any later save at that step; this one must not
+            # keep a validation at the same step from choosing the best checkpoint.
+            saved_step = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = saved_step
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -226,6 +305,41 @@ class AdapterCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
         if filepath == self.best_model_path and trainer.is_global_zero:
             export_adapter(trainer.lightning_module.model, self.adapter_dir)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written whole or not at all, and read without unpickling code.
+
+    Each checkpoint goes to a temporary file beside its target, is flushed to disk and renamed over the target: a
+    kill mid-save leaves the previous ``last.ckpt`` intact. (Lightning stages a save in the system's temporary
+    folder; when that is another file system, the final move is a copy, which a kill can cut short.) Files are
+    loaded with ``weights_only=True``: tensors and plain values only, never arbitrary pickled objects.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            _with_default_permissions(staging)
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location or (lambda storage, _: storage), weights_only=True)
 
 
 class EvaluationReport(Callback):

@@ -13,12 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from weibo_sentiment.callbacks import AdapterCheckpoint, EvaluationReport, PredictionWriter
+from weibo_sentiment.callbacks import AdapterCheckpoint, AtomicCheckpointIO, EvaluationReport, PredictionWriter
 from weibo_sentiment.data import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference import checkpoint_architecture, read_checkpoint
@@ -60,7 +62,8 @@ class SentimentCLI(LightningCLI):
             WeiboDataModule,
             # A resumed run writes into its own folder again, where config.yaml already stands.
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [EvaluationReport()]},
+            # The data module splits the data between processes itself (each evaluation post exactly once).
+            trainer_defaults={"callbacks": [EvaluationReport()], "use_distributed_sampler": False},
             auto_configure_optimizers=False,
             args=args,
             **kwargs,
@@ -107,6 +110,14 @@ class SentimentCLI(LightningCLI):
             rank_zero_info(f"Using {settings} from {path}: they shape the tensors it holds")
         if architecture:
             self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Checkpoints are written atomically and read weights-only unless the config brings its own CheckpointIO.
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
 
     def _check_data(self, stage: str) -> None:
         """Read the data before the trainer makes a run folder, so a data mistake leaves no half-made run behind."""

@@ -9,20 +9,23 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
+import math
 import os
 import random
 import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -246,7 +249,7 @@ class TokenizedPosts(Dataset):
 
     An integer index gives the post as written plus its tag-free version (``text_input_ids``, ``None`` when
     nothing but tags is left) for the text-only metric. An ``(index, strip)`` pair, as the
-    :class:`TrainingSampler` yields them, gives one version: tag-free when ``strip`` (and something is left).
+    :class:`LengthGroupedBatches` yields them, gives one version: tag-free when ``strip`` (and something is left).
     """
 
     def __init__(self, posts: Sequence[Post], tokenize: Tokenize, emoticons: EmoticonTags) -> None:
@@ -262,9 +265,14 @@ class TokenizedPosts(Dataset):
     def __len__(self) -> int:
         return len(self.posts)
 
-    def strippable(self) -> list[bool]:
-        """Which posts change, and keep some text, when their tags are removed."""
-        return [ids is not None and ids is not raw for ids, raw in zip(self.text_input_ids, self.input_ids)]
+    def lengths(self) -> list[int]:
+        """Each post's token count."""
+        return [len(ids) for ids in self.input_ids]
+
+    def stripped_lengths(self) -> list[Optional[int]]:
+        """Each post's token count without its emoticon tags; ``None`` where removing them changes nothing or
+        leaves no text."""
+        return [None if ids is None or ids is raw else len(ids) for ids, raw in zip(self.text_input_ids, self.input_ids)]
 
     def __getitem__(self, key: int | tuple[int, bool]) -> dict[str, Any]:
         if isinstance(key, tuple):
@@ -275,33 +283,89 @@ class TokenizedPosts(Dataset):
         return {"input_ids": ids, "text_input_ids": self.text_input_ids[key], "label": self.posts[key].label}
 
 
-class TrainingSampler(Sampler):
-    """Shuffles training posts and decides which of them lose their emoticon tags, anew each epoch.
+class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
+    """Training batches of posts of similar length, shuffled anew each epoch; some posts lose their emoticon tags.
 
-    Yields ``(index, strip)`` pairs. Both the order and the draws are a function of the seed and the epoch
-    (Lightning calls :meth:`set_epoch`), so a run, and a run resumed from a checkpoint, sees the same ones.
-    With ``emoticon_dropout=0`` no post is altered.
+    Each epoch shuffles all posts, cuts the order into groups of ``group_batches`` batches, sorts each group by
+    token count and slices it into batches, then shuffles the batches: every batch pads to a length close to its
+    own posts' (Weibo posts average ~66 tokens; padding every post to 128 doubles the work) while the batch
+    contents and order stay random. Yields lists of ``(index, strip)`` pairs, ``strip`` drawn with probability
+    ``emoticon_dropout`` for posts that have tags to remove.
+
+    Everything is a function of the seed and the epoch, so a resumed run sees the same batches: :meth:`resume`
+    skips the batches a checkpoint had already trained on. Under several processes each rank takes every
+    ``world_size``-th batch, all ranks the same number.
     """
 
-    def __init__(self, strippable: Sequence[bool], emoticon_dropout: float, seed: int) -> None:
-        self.strippable = torch.tensor(list(strippable), dtype=torch.bool)
-        self.emoticon_dropout = emoticon_dropout
-        self.seed = seed
-        self.epoch = 0
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        stripped_lengths: Sequence[Optional[int]],
+        batch_size: int,
+        emoticon_dropout: float = 0.0,
+        seed: int = 0,
+        group_batches: int = 50,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.lengths = torch.tensor(list(lengths))
+        # A post whose tags cannot be removed (none, or nothing but tags) keeps its own length when "stripped".
+        self.stripped_lengths = torch.tensor([s if s is not None else n for s, n in zip(stripped_lengths, lengths)])
+        self.strippable = torch.tensor([s is not None for s in stripped_lengths], dtype=torch.bool)
+        self.batch_size, self.emoticon_dropout, self.seed = batch_size, emoticon_dropout, seed
+        self.group_batches, self.rank, self.world_size = group_batches, rank, world_size
+        self.epoch, self._skip = 0, (0, 0)  # (epoch, batches) to skip once, set by resume()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.strippable)
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Continue ``epoch`` after its first ``batches_done`` batches (those a checkpoint had trained on)."""
+        self.epoch, self._skip = epoch, (epoch, batches_done)
 
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.strippable), generator=generator)
-        strip = (torch.rand(len(self.strippable), generator=generator) < self.emoticon_dropout) & self.strippable
-        # Without a set_epoch call (e.g. under a wrapping distributed sampler) the next pass still draws anew.
-        self.epoch += 1
-        return iter(zip(order.tolist(), strip[order].tolist()))
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size) // self.world_size
+
+    def batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
+        """This rank's batches of ``epoch``, in training order."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        strip = (torch.rand(len(self.lengths), generator=generator) < self.emoticon_dropout) & self.strippable
+        lengths = torch.where(strip, self.stripped_lengths, self.lengths)
+        group = self.batch_size * self.group_batches
+        batches = []
+        for start in range(0, len(order), group):
+            members = order[start : start + group]
+            members = members[torch.argsort(lengths[members], stable=True)].tolist()
+            batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        mine = shuffled[self.rank :: self.world_size][: len(self)]
+        return [[(index, bool(strip[index])) for index in batches[b]] for b in mine]
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        # Lightning creates the iterator before it calls set_epoch; reading the epoch lazily, at the first batch,
+        # picks up the right one.
+        epoch = self.epoch
+        skip = self._skip[1] if self._skip[0] == epoch else 0
+        self._skip = (0, 0)
+        yield from self.batches(epoch)[skip:]
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints: its state is where in which epoch training stands, so a run
+    resumed mid-epoch continues with the next unseen batch (Lightning saves and restores any loader with
+    ``state_dict``/``load_state_dict``). ``progress`` gives (epoch, batches trained this epoch, batches per epoch)."""
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int, int]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done, per_epoch = self.progress()
+        return {"epoch": epoch + 1, "batches_done": 0} if done >= per_epoch else {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume(state["epoch"], state["batches_done"])
 
 
 class PadLabelled:
@@ -324,34 +388,57 @@ class PadLabelled:
         return batch
 
 
-class StreamedPosts(IterableDataset):
-    """Posts to label, read lazily from the file so any size fits in constant memory."""
+class SortedPostBatches(IterableDataset):
+    """Posts to label, streamed from the file a window at a time: each window of ``window`` posts is tokenized in
+    one call and cut into batches of similar length, shortest first, so no post pays for padding to a much longer
+    one. Every batch carries its posts' positions in the input (``positions``) and whether it ends its window
+    (``window_end``), so the writer can put the rows back in input order a window at a time. Memory stays
+    constant whatever the input's size.
 
-    def __init__(self, reader: Iterable[Post]) -> None:
-        self.reader = reader
-
-    def __iter__(self) -> Iterator[Post]:
-        return iter(self.reader)
-
-
-class TokenizeAndPad:
-    """Collate for prediction: tokenize the batch's posts, pad to the longest, and keep the posts for the writer.
-
-    Posts with no text (empty or only spaces) cannot be classified: they stay in ``posts``, so the writer keeps
-    every row in place, but only the others (``classified``, their positions) go to the model.
+    Posts with no text (empty or only spaces) cannot be classified: they keep their place in ``posts`` but only
+    the others (``classified``, their indices in the batch) go to the model. Under several processes rank ``r``
+    takes windows ``r``, ``r + world_size``, ...
     """
 
-    def __init__(self, tokenize: Tokenize, pad_token_id: int) -> None:
-        self.tokenize = tokenize
-        self.pad_token_id = pad_token_id
+    def __init__(
+        self,
+        reader: Iterable[Post],
+        tokenize: Tokenize,
+        pad_token_id: int,
+        batch_size: int,
+        window: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.reader, self.tokenize, self.pad_token_id = reader, tokenize, pad_token_id
+        self.batch_size, self.window, self.rank, self.world_size = batch_size, max(window, 1), rank, world_size
 
-    def __call__(self, posts: list[Post]) -> dict[str, Any]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        posts = iter(self.reader)
+        for number in itertools.count():
+            window = list(itertools.islice(posts, self.window))
+            if not window:
+                return
+            if number % self.world_size == self.rank:
+                yield from self.window_batches(window, first_position=number * self.window)
+
+    def window_batches(self, posts: list[Post], first_position: int = 0) -> Iterator[dict[str, Any]]:
+        """One window's batches, shortest posts first."""
         classified = [index for index, post in enumerate(posts) if post.text.strip()]
-        ids = self.tokenize([posts[i].text for i in classified]) if classified else [[self.pad_token_id]]
-        batch: dict[str, Any] = pad_to_longest(ids, self.pad_token_id)
-        batch["classified"] = torch.tensor(classified, dtype=torch.long)
-        batch["posts"] = posts
-        return batch
+        input_ids: list[list[int]] = [[] for _ in posts]
+        for index, ids in zip(classified, self.tokenize([posts[i].text for i in classified]) if classified else []):
+            input_ids[index] = ids
+        order = sorted(range(len(posts)), key=lambda index: len(input_ids[index]))
+        for start in range(0, len(order), self.batch_size):
+            members = order[start : start + self.batch_size]
+            rows = [row for row, index in enumerate(members) if input_ids[index]]
+            batch: dict[str, Any] = pad_to_longest([input_ids[members[row]] for row in rows] or [[self.pad_token_id]],
+                                                   self.pad_token_id)  # fmt: skip
+            batch["classified"] = torch.tensor(rows, dtype=torch.long)
+            batch["posts"] = [posts[i] for i in members]
+            batch["positions"] = [first_position + i for i in members]
+            batch["window_end"] = start + self.batch_size >= len(order)
+            yield batch
 
 
 class WeiboDataModule(LightningDataModule):
@@ -378,6 +465,7 @@ class WeiboDataModule(LightningDataModule):
         emoticon_dropout: float = 0.0,
         batch_size: int = 16,
         eval_batch_size: int = 64,
+        predict_window: int = 2048,
         num_workers: int = 0,
         tokenizer_name_or_path: str = "uer/gpt2-chinese-cluecorpussmall",
         num_labels: int = 2,
@@ -400,7 +488,10 @@ class WeiboDataModule(LightningDataModule):
                 epoch from the run's seed; validation, test and prediction never alter posts. 0: the original recipe.
             batch_size: training batch size.
             eval_batch_size: batch size for validate, test and predict.
-            num_workers: DataLoader worker processes.
+            predict_window: posts that predict reads ahead and sorts by length before batching them (a bigger window
+                pads less and holds more posts in memory); 1 keeps batches in input order.
+            num_workers: DataLoader worker processes for fit, validate and test (posts are tokenized up front, so
+                0 is usually fastest); predict always reads and tokenizes in one background process.
             tokenizer_name_or_path: linked from ``model.model_name_or_path``: the backbone's own tokenizer.
             num_labels: linked from ``model.num_labels``: labels must lie in ``0 .. num_labels-1``.
         """
@@ -411,6 +502,7 @@ class WeiboDataModule(LightningDataModule):
         self.text_column, self.label_column, self.id_column = text_column, label_column, id_column
         self.val_fraction, self.split_seed, self.max_length = val_fraction, split_seed, max_length
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.predict_window = predict_window
         self.tokenizer_name_or_path, self.num_labels = tokenizer_name_or_path, num_labels
         if not 0.0 <= emoticon_dropout <= 1.0:
             raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {emoticon_dropout}")
@@ -438,7 +530,9 @@ class WeiboDataModule(LightningDataModule):
             reader = PostReader(
                 self._required("predict_path", stage), self.text_column, None, self.id_column, self.predict_format
             )
-            self.datasets["predict"] = StreamedPosts(reader)
+            if reader.path != STDIN:
+                next(iter(reader), None)  # header and first record: their errors surface here, before any work
+            self.datasets["predict"] = reader
         self._ready_stages.add(stage)
 
     def _add_evaluation_set(self, split: str, posts: list[Post]) -> None:
@@ -472,10 +566,19 @@ class WeiboDataModule(LightningDataModule):
             )
         return [posts[i] for i in train_idx], [posts[i] for i in val_idx]
 
-    def _loader(self, split: str, batch_size: int, sampler: Optional[Sampler] = None) -> DataLoader:
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        rank, world_size = self._rank_and_world()
+        dataset = self.datasets[split]
+        # Under several processes each rank evaluates its own share, every post exactly once (Lightning's default
+        # DistributedSampler would repeat posts to even the shares out, and so change the metrics).
+        sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
         return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
+            dataset,
+            batch_size=self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=PadLabelled(self.tokenizer.pad_token_id),
@@ -484,20 +587,35 @@ class WeiboDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]
+        rank, world_size = self._rank_and_world()
         # seed_everything (the config's seed_everything) records the run's seed here, for every process.
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-        return self._loader("train", self.batch_size, TrainingSampler(train.strippable(), self.emoticon_dropout, seed))
+        batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size,
+                                       self.emoticon_dropout, seed, rank=rank, world_size=world_size)  # fmt: skip
+        return ResumableLoader(
+            train,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=PadLabelled(self.tokenizer.pad_token_id),
+            persistent_workers=self.num_workers > 0,
+            progress=self._training_progress,
+        )
+
+    def _training_progress(self) -> tuple[int, int, int]:
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        return self.trainer.current_epoch, epoch_loop.batch_progress.current.processed, self.trainer.num_training_batches
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        # Streaming from one file: a single reader keeps the input order (workers would each read the whole file).
-        return DataLoader(
-            self.datasets["predict"],
-            batch_size=self.eval_batch_size,
-            collate_fn=TokenizeAndPad(self.tokenize, self.tokenizer.pad_token_id),
-        )
+        rank, world_size = self._rank_and_world()
+        dataset = SortedPostBatches(self.datasets["predict"], self.tokenize, self.tokenizer.pad_token_id,
+                                    self.eval_batch_size, self.predict_window, rank, world_size)  # fmt: skip
+        # One background process reads and tokenizes while the model works (one keeps the windows in order);
+        # standard input stays in this process, which owns it.
+        from_stdin = self.predict_path == STDIN
+        return DataLoader(dataset, batch_size=None, num_workers=0 if from_stdin else 1)

@@ -22,11 +22,21 @@ def explain_load_error(name_or_path: str, err: BaseException) -> str:
     return f"no such directory, and as a hub id: {first_line(err)}"
 
 
+def user_message(err: UserError) -> str:
+    """The message of a UserError, also when a DataLoader worker raised it: torch re-raises it in the main process
+    with the worker's whole traceback as the message, the original message on its last line."""
+    message = str(err)
+    if message.startswith("Caught UserError"):
+        last = message.rstrip().splitlines()[-1]
+        message = last.split("UserError: ", 1)[-1]
+    return message
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """The error boundary of every entry point: a :class:`UserError` becomes one ``error:`` line and exit status 2."""
     try:
         yield
     except UserError as err:
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {user_message(err)}\n")
         raise SystemExit(2) from None
