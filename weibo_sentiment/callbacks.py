@@ -154,6 +154,7 @@ class PredictionWriter(BasePredictionWriter):
         self.with_id = getattr(trainer.datamodule, "id_column", None) is not None
         self.columns = prediction_columns(self.text_column, self.with_id)
         self.rows_written = self.empty_posts = 0
+        self._parts_dir: Optional[Path] = None
         self._window: list[tuple[int, dict[str, Any]]] = []  # (position, row) of the window being predicted
         if trainer.world_size == 1:
             self._file, self._tmp_path = self._temporary(".part")
@@ -226,7 +227,7 @@ class PredictionWriter(BasePredictionWriter):
             self._file = None
         if self._tmp_path is not None:
             Path(self._tmp_path).unlink(missing_ok=True)
-        if trainer.world_size > 1 and trainer.is_global_zero:
+        if getattr(self, "_parts_dir", None) is not None and trainer.is_global_zero:
             shutil.rmtree(self._parts_dir, ignore_errors=True)
 
 
@@ -376,6 +377,8 @@ class EvaluationReport(Callback):
         confusion.reset()
         pr_curve.reset()
         misclassified = self._misclassified(trainer, pl_module, stage)
+        # log_dir is agreed between processes (a collective call): every rank asks, rank 0 writes.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir) if write_files else None
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
@@ -383,8 +386,8 @@ class EvaluationReport(Callback):
                         logger.experiment.add_figure(f"{stage}/{name}", figure, trainer.global_step, close=False)
                     logger.experiment.add_text(f"{stage}/misclassified", _markdown_table(misclassified),
                                                trainer.global_step)  # fmt: skip
-            if write_files:
-                self._write_files(trainer, stage, figures, misclassified)
+            if run_dir is not None:
+                self._write_files(trainer, run_dir, stage, figures, misclassified)
         for figure in figures.values():
             plt.close(figure)
 
@@ -403,8 +406,7 @@ class EvaluationReport(Callback):
         ]  # fmt: skip
         return sorted(wrong, key=lambda row: -row["confidence"])[: self.misclassified_shown]
 
-    def _write_files(self, trainer: pl.Trainer, stage: str, figures: dict, misclassified: list) -> None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    def _write_files(self, trainer: pl.Trainer, run_dir: Path, stage: str, figures: dict, misclassified: list) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             figure.savefig(run_dir / f"{stage}_{name}.png", dpi=100, bbox_inches="tight")

@@ -35,6 +35,7 @@ for _message in (
     ".*does not have many workers",  # posts are tokenized once up front; workers would only add start-up time
     ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning on torch >= 2.10
     ".*is_gradient_checkpointing",  # peft on transformers 5
+    ".*your dataloader is not resumable",  # WeiboDataModule.state_dict records the position within the epoch
 ):
     warnings.filterwarnings("ignore", message=_message)
 

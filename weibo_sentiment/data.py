@@ -18,7 +18,7 @@ import re
 import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -293,7 +293,7 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
     ``emoticon_dropout`` for posts that have tags to remove.
 
     Everything is a function of the seed and the epoch, so a resumed run sees the same batches: :meth:`resume`
-    skips the batches a checkpoint had already trained on. Under several processes each rank takes every
+    skips the batches a checkpoint had already trained on (the data module's ``state_dict`` records them). Under several processes each rank takes every
     ``world_size``-th batch, all ranks the same number.
     """
 
@@ -349,23 +349,6 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         skip = self._skip[1] if self._skip[0] == epoch else 0
         self._skip = (0, 0)
         yield from self.batches(epoch)[skip:]
-
-
-class ResumableLoader(DataLoader):
-    """A training DataLoader that Lightning checkpoints: its state is where in which epoch training stands, so a run
-    resumed mid-epoch continues with the next unseen batch (Lightning saves and restores any loader with
-    ``state_dict``/``load_state_dict``). ``progress`` gives (epoch, batches trained this epoch, batches per epoch)."""
-
-    def __init__(self, *args: Any, progress: Callable[[], tuple[int, int, int]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-
-    def state_dict(self) -> dict[str, int]:
-        epoch, done, per_epoch = self.progress()
-        return {"epoch": epoch + 1, "batches_done": 0} if done >= per_epoch else {"epoch": epoch, "batches_done": done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batch_sampler.resume(state["epoch"], state["batches_done"])
 
 
 class PadLabelled:
@@ -510,6 +493,7 @@ class WeiboDataModule(LightningDataModule):
         self.emoticons = EmoticonTags(emoticon_pattern)
         self.datasets: dict[str, Dataset] = {}
         self._ready_stages: set[str] = set()
+        self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
 
     def setup(self, stage: str) -> None:
         # The CLI calls this before the trainer creates its run folder, so bad data leaves nothing behind;
@@ -592,18 +576,32 @@ class WeiboDataModule(LightningDataModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size,
                                        self.emoticon_dropout, seed, rank=rank, world_size=world_size)  # fmt: skip
-        return ResumableLoader(
+        if self._resume_at is not None:
+            batches.resume(*self._resume_at)
+            self._resume_at = None
+        return DataLoader(
             train,
             batch_sampler=batches,
             num_workers=self.num_workers,
             collate_fn=PadLabelled(self.tokenizer.pad_token_id),
             persistent_workers=self.num_workers > 0,
-            progress=self._training_progress,
         )
 
-    def _training_progress(self) -> tuple[int, int, int]:
-        epoch_loop = self.trainer.fit_loop.epoch_loop
-        return self.trainer.current_epoch, epoch_loop.batch_progress.current.processed, self.trainer.num_training_batches
+    # Where training stands goes into every checkpoint, so a run resumed mid-epoch continues with the next unseen
+    # batch. (Lightning's own route, a stateful DataLoader, loads too late here: configure_optimizers asks for the
+    # number of steps, which makes Lightning start the training loader before it restores the loops.)
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return {"epoch": trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume_at = (state["epoch"], state["batches_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader("val")

@@ -252,7 +252,7 @@ class SentimentClassifier(LightningModule):
         # compute() here returns the values synced across processes that the logged metric objects report.
         if self.val_f1_text.update_count:
             mean = (self.val_metrics["f1"].compute() + self.val_f1_text.compute()) / 2
-            self.log("val_f1_mean", mean, prog_bar=True)
+            self.log("val_f1_mean", mean, prog_bar=True, sync_dist=True)  # equal on every rank already
 
     def on_predict_start(self) -> None:
         if self.hparams.quantize == "int8":
