@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from conftest import real_rows, write_csv
 from weibo_sentiment.data import (
+    LengthGroupedBatches,
     PadLabelled,
     Post,
     PostReader,
@@ -169,3 +170,48 @@ def test_stages_without_their_file_say_which_flag_to_pass(tiny_gpt2: str) -> Non
         dm.setup("test")
     with pytest.raises(UserError, match="--data.predict_path"):
         dm.setup("predict")
+
+
+def test_training_batches_are_length_grouped_random_and_resumable(tiny_gpt2: str, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    posts = [Post(r["review"], int(r["label"])) for r in real_rows(800)]
+    dataset = TokenizedPosts(posts, Tokenize(tokenizer, 128), EmoticonTags())
+    lengths = dataset.lengths()
+    sampler = LengthGroupedBatches(lengths, dataset.stripped_lengths(), batch_size=16, seed=1)
+    epoch0 = list(sampler)
+    assert sorted(i for batch in epoch0 for i, _ in batch) == list(range(800)) and len(epoch0) == len(sampler) == 50
+    padded = sum(len(batch) * max(lengths[i] for i, _ in batch) for batch in epoch0)
+    assert padded < 1.1 * sum(lengths) < 0.7 * 800 * 128  # ~no padding, where the reference pads all to 128
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert [b[0] for b in epoch1] != [b[0] for b in epoch0]  # new batches each epoch...
+    assert max(lengths[b[0][0]] for b in epoch0[:10]) > min(lengths[b[0][0]] for b in epoch0[:10])  # ...mixed lengths
+    sampler.resume(1, batches_done=20)
+    assert list(sampler) == epoch1[20:]  # a resumed epoch continues with the next unseen batch
+    assert list(sampler) == epoch1  # ...once
+    halves = [list(LengthGroupedBatches(lengths, dataset.stripped_lengths(), 16, seed=1, rank=r, world_size=2))
+              for r in (0, 1)]  # fmt: skip
+    assert len(halves[0]) == len(halves[1]) == 25 and sorted(halves[0] + halves[1]) == sorted(epoch0)
+    dm = WeiboDataModule(train_path=str(write_csv(tmp_path / "t.csv", real_rows(300))),
+                         tokenizer_name_or_path=tiny_gpt2)  # fmt: skip
+    dm.setup("fit")
+    for batch in dm.train_dataloader():  # each batch is padded to its own longest post
+        assert batch["input_ids"].shape[1] == batch["attention_mask"].sum(dim=1).max()
+
+
+def test_predict_batches_are_sorted_by_length_within_windows_and_know_their_positions(tiny_gpt2: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    posts = [Post(r["review"]) for r in real_rows(300)]
+    dataset = SortedPostBatches(posts, Tokenize(tokenizer, 128), tokenizer.pad_token_id, batch_size=16, window=100)
+    batches = list(dataset)
+    assert sorted(p for b in batches for p in b["positions"]) == list(range(300))
+    assert [b["posts"] for b in batches][0] == [posts[p] for p in batches[0]["positions"]]
+    assert sum(b["window_end"] for b in batches) == 3
+    for start in range(0, 300, 100):  # within a window: shortest first, each batch padded to its longest
+        window = [b for b in batches if start <= b["positions"][0] < start + 100]
+        widths = [b["input_ids"].shape[1] for b in window]
+        assert widths == sorted(widths) and widths[0] < widths[-1]
+        assert all(b["input_ids"].shape[1] == b["attention_mask"].sum(dim=1).max() for b in window)
+    shards = [list(SortedPostBatches(posts, Tokenize(tokenizer, 128), 0, 16, 100, rank=r, world_size=2)) for r in (0, 1)]
+    assert sorted(p for shard in shards for b in shard for p in b["positions"]) == list(range(300))
+    assert {b["positions"][0] // 100 for b in shards[1]} == {1}  # rank 1 takes the second window
