@@ -19,6 +19,7 @@ from weibo_sentiment.data import Post, Tokenize, load_tokenizer, pad_to_longest
 from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
 from weibo_sentiment.errors import UserError, first_line
 from weibo_sentiment.model import ARCHITECTURE_HPARAMS, SentimentClassifier
+from weibo_sentiment.quantize import quantize_int8
 
 DATA_SETTINGS = ("max_length", "emoticon_pattern", "text_column")
 
@@ -66,6 +67,7 @@ class SentimentPredictor:
         adapter_path: Optional[str] = None,
         model_name_or_path: Optional[str] = None,
         device: str = "cpu",
+        quantize: Optional[str] = None,
     ) -> None:
         config = read_config(config_path)
         model_settings = dict(config.get("model") or {})
@@ -85,6 +87,11 @@ class SentimentPredictor:
             module.on_load_checkpoint(checkpoint)  # exactly the expected tensors, or a clear error
             module.load_state_dict(checkpoint["state_dict"], strict=False)
         self.model = module.model.merge_and_unload().eval().to(device)
+        quantize = quantize or module.hparams.quantize
+        if quantize == "int8":
+            if device != "cpu":
+                raise UserError("--quantize int8 runs on CPU only")
+            self.model = quantize_int8(self.model)
         self.device = device
         self.tokenizer = load_tokenizer(module.hparams.model_name_or_path)
         self.tokenize = Tokenize(self.tokenizer, data_settings.get("max_length", 128))
@@ -125,7 +132,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--ckpt_path", help="a checkpoint written by main.py fit")
     weights.add_argument("--adapter_path", help="a peft adapter directory (ours or another peft script's)")
     parser.add_argument("--model_name_or_path", help="the base model, if not the config's (hub id or directory)")
+    parser.add_argument("--quantize", choices=["int8"], help="int8: dynamically quantised linear layers (CPU only)")
 
 
 def predictor_from_arguments(args: argparse.Namespace, device: str = "cpu") -> SentimentPredictor:
-    return SentimentPredictor(args.config, args.ckpt_path, args.adapter_path, args.model_name_or_path, device)
+    return SentimentPredictor(args.config, args.ckpt_path, args.adapter_path, args.model_name_or_path, device,
+                              args.quantize)  # fmt: skip
