@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import transformers
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -28,6 +29,12 @@ from weibo_sentiment.model import SentimentClassifier
 from weibo_sentiment.serve import ServeSettings
 
 LAST = "last"
+
+# transformers reports, on every load, the freshly initialised classification head we are about to train and the
+# Chinese GPT-2's out-of-vocabulary bos/eos ids (unused: padding comes from the tokenizer); shapes that do not fit
+# are checked by this project and reported as one line.
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
 
 # Library noise that says nothing to a user of this tool (each checked: harmless here).
 for _message in (
