@@ -9,6 +9,8 @@ This is the one place that turns a user mistake into one line on stderr and a no
 
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -29,12 +31,6 @@ from weibo_sentiment.model import SentimentClassifier
 from weibo_sentiment.serve import ServeSettings
 
 LAST = "last"
-
-# transformers reports, on every load, the freshly initialised classification head we are about to train and the
-# Chinese GPT-2's out-of-vocabulary bos/eos ids (unused: padding comes from the tokenizer); shapes that do not fit
-# are checked by this project and reported as one line.
-transformers.logging.set_verbosity_error()
-transformers.logging.disable_progress_bar()
 
 # Library noise that says nothing to a user of this tool (each checked: harmless here).
 for _message in (
@@ -65,6 +61,7 @@ class SentimentCLI(LightningCLI):
     ``--predict_writer.*``)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        self._checkpoint: Optional[tuple[Path, dict[str, Any]]] = None  # set by _parse_ckpt_path
         super().__init__(
             SentimentClassifier,
             WeiboDataModule,
@@ -110,7 +107,9 @@ class SentimentCLI(LightningCLI):
         if config.ckpt_path == LAST:
             root_dir = Path(config.trainer.default_root_dir or ".")
             path = find_last_checkpoint(root_dir, config.checkpoint.dirpath)
-        architecture = checkpoint_architecture(read_checkpoint(path))
+        checkpoint = read_checkpoint(path)
+        self._checkpoint = (path, checkpoint)
+        architecture = checkpoint_architecture(checkpoint)
         config.ckpt_path = str(path)
         overridden = {k: v for k, v in architecture.items() if config.model.get(k) != v}
         if overridden:
@@ -128,7 +127,14 @@ class SentimentCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _check_data(self, stage: str) -> None:
-        """Read the data before the trainer makes a run folder, so a data mistake leaves no half-made run behind."""
+        """Check the checkpoint's tensors and read the data before the trainer makes a run folder, so a mistake in
+        either leaves no half-made run behind."""
+        if self._checkpoint is not None:
+            path, checkpoint = self._checkpoint
+            try:
+                self.model.on_load_checkpoint(checkpoint)
+            except UserError as err:
+                raise UserError(f"{path}: {err}") from None
         self.datamodule.setup(stage)
 
     def before_validate(self) -> None:
@@ -159,8 +165,25 @@ class SentimentCLI(LightningCLI):
         self.trainer.predict(**kwargs)
 
 
+def quiet_libraries() -> None:
+    """Keep stderr for warnings and our one error line.
+
+    Lightning's progress notes (Seed set, GPU available, tips) go to stdout. transformers' per-load report (the
+    freshly initialised classification head we are about to train; the Chinese GPT-2's out-of-vocabulary bos/eos
+    ids, unused since padding comes from the tokenizer) and progress bars are dropped: weights that do not fit are
+    checked by this project and reported as one line.
+    """
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
 def main(args: Any = None) -> None:
     """Entry point of ``main.py`` and the ``weibo-sentiment`` console script."""
+    quiet_libraries()
     with exit_on_user_error():
         try:
             SentimentCLI(args=args)

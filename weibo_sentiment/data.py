@@ -133,7 +133,8 @@ class PostReader:
             return
         reader = csv.DictReader(stream, delimiter=DELIMITER[self.fmt])
         if reader.fieldnames is None:
-            raise UserError(f"{self.path}: the file is empty; expected a header row such as 'label,review'")
+            header = ",".join(column for column in (self.label_column, self.text_column) if column)
+            raise UserError(f"{self.path}: the file is empty; expected a header row such as '{header}'")
         for column in (self.text_column, self.label_column):
             if column is not None and column not in reader.fieldnames:
                 raise UserError(

@@ -8,6 +8,8 @@ model put in eval mode, so each request is one plain forward pass.
 from __future__ import annotations
 
 import argparse
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,9 +32,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line(err)}") from None
+        with warnings.catch_warnings():
+            # torch's notes on a foreign file (e.g. "Detected pickle protocol 4"): the error below says what matters
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises re-running with weights_only=False: never pass that on to a user
+        if "GLOBAL" in str(err):
+            raise UserError(f"{path}: not a readable checkpoint: it holds Python objects other than tensors, which "
+                            "could run code when loaded, so it is refused; use a checkpoint written by main.py fit"
+                            ) from None
+        raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted, or not a checkpoint at all); "
+                        "use a checkpoint written by main.py fit") from None
+    except Exception:  # torch raises many types for a damaged file, none of them telling a user more
+        raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted, or not a checkpoint at all); "
+                        "use a checkpoint written by main.py fit") from None
 
 
 def checkpoint_architecture(checkpoint: dict[str, Any]) -> dict[str, Any]:

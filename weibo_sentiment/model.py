@@ -77,7 +77,11 @@ def load_adapter(backbone: PreTrainedModel, adapter_path: str) -> PeftModel:
         try:
             model = PeftModel.from_pretrained(backbone, adapter_path, is_trainable=True)
         except (RuntimeError, ValueError, KeyError, OSError) as err:
-            raise UserError(f"{adapter_path}: the adapter does not fit the base model: {first_line(err)}") from None
+            # peft's message starts "Error(s) in loading state_dict ...:"; the line that says which tensor does not fit
+            # comes after it.
+            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), first_line(err))
+            raise UserError(f"{adapter_path}: the adapter does not fit the base model ({detail}); "
+                            "was it saved for another base model?") from None
     missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message).lower()]
     if missing:
         raise UserError(f"{adapter_path}: the adapter does not fit the base model: {first_line(Exception(missing[0]))}")
