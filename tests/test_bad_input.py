@@ -378,14 +378,20 @@ FIT_FILE_ERRORS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "content", "says", "hint"), FIT_FILE_ERRORS)
-def test_fit_refuses(name: str, content: Callable[[], bytes] | None, says: str, hint: str | None, tiny_gpt2: str,
-                     main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
+def make_input(tmp_path: Path, name: str, content: Callable[[], bytes] | None) -> Path:
+    """The row's input: a file with ``content``, a directory (``a_directory.csv``), or nothing (``content`` None)."""
     path = tmp_path / name
     if name == "a_directory.csv":
         path.mkdir()
     elif content is not None:
         path.write_bytes(content())
+    return path
+
+
+@pytest.mark.parametrize(("name", "content", "says", "hint"), FIT_FILE_ERRORS)
+def test_fit_refuses(name: str, content: Callable[[], bytes] | None, says: str, hint: str | None, tiny_gpt2: str,
+                     main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
+    path = make_input(tmp_path, name, content)
     root = tmp_path / "root"
     result = main_py(cli_args("fit", tiny_gpt2, root, "--data.train_path", str(path)))
     assert_one_error_line(result, path=path, says=says, hint=hint)
@@ -448,11 +454,7 @@ PREDICT_FILE_ERRORS = [
 @pytest.mark.parametrize(("name", "content", "says", "hint"), PREDICT_FILE_ERRORS)
 def test_predict_refuses(name: str, content: Callable[[], bytes] | None, says: str, hint: str | None, trained: dict,
                          tiny_gpt2: str, main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
-    path = tmp_path / name
-    if name == "a_directory.csv":
-        path.mkdir()
-    elif content is not None:
-        path.write_bytes(content())
+    path = make_input(tmp_path, name, content)
     root, out = tmp_path / "root", tmp_path / "out" / "predictions.csv"
     result = main_py(cli_args("predict", tiny_gpt2, root, "--ckpt_path", str(trained["best"]),
                                "--data.predict_path", str(path), "--predict_writer.output_path", str(out)))  # fmt: skip
@@ -710,32 +712,23 @@ def test_weights_that_do_not_fit_the_model_are_refused(command: str, make: Calla
 
 
 # ---- checkpoints and adapters of another shape that are accepted (README: their own settings win) -------------------
-def test_a_checkpoint_with_another_lora_r_is_loaded_with_its_own(trained: dict, tiny_gpt2: str, posts_csv: Path,
-                                                                 main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
-    ckpt = checkpoint_variant(trained, tiny_gpt2, tmp_path / "r4.ckpt", keep_hparams=True, lora_r=4)
-    out = tmp_path / "out" / "p.csv"
-    result = main_py(cli_args("predict", tiny_gpt2, tmp_path / "root", "--ckpt_path", str(ckpt), "--data.predict_path",
-                               str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
-    assert result.returncode == 0, tail(result)
-    assert f"Using lora_r=4 from {ckpt}" in result.stdout + result.stderr
-    rows = read_predictions(out)
-    assert [r["id"] for r in rows] == [f"p{i}" for i in range(50)] and all(_classified(r) for r in rows)
-
-
-def test_a_checkpoint_with_three_labels_is_loaded_with_its_own(trained: dict, tiny_gpt2: str, posts_csv: Path,
-                                                               main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
-    """Recorded: the README makes num_labels the checkpoint's; a 3-class head then labels posts 0, 1 or 2
+@pytest.mark.parametrize(("setting", "value"), [("lora_r", 4), ("num_labels", 3)])
+def test_a_checkpoint_with_another_shape_is_loaded_with_its_own_settings(setting: str, value: int, trained: dict,
+                                                                         tiny_gpt2: str, posts_csv: Path,
+                                                                         main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
+    """The README makes lora_r and num_labels the checkpoint's. Recorded: a 3-class head labels posts 0, 1 or 2
     (sentiment ``2`` for the third class) and ``prob_positive`` is class 1's probability."""
-    ckpt = checkpoint_variant(trained, tiny_gpt2, tmp_path / "3labels.ckpt", keep_hparams=True, num_labels=3)
+    ckpt = checkpoint_variant(trained, tiny_gpt2, tmp_path / f"{setting}.ckpt", keep_hparams=True, **{setting: value})
     out = tmp_path / "out" / "p.jsonl"
     result = main_py(cli_args("predict", tiny_gpt2, tmp_path / "root", "--ckpt_path", str(ckpt), "--data.predict_path",
                                str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
     assert result.returncode == 0, tail(result)
-    assert f"Using num_labels=3 from {ckpt}" in result.stdout + result.stderr
+    assert f"Using {setting}={value} from {ckpt}" in result.stdout + result.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == [f"p{i}" for i in range(50)]
+    labels = (0, 1, 2) if setting == "num_labels" else (0, 1)
     for row in rows:
-        assert row["label"] in (0, 1, 2) and row["sentiment"] == ("negative", "positive", "2")[row["label"]]
+        assert row["label"] in labels and row["sentiment"] == ("negative", "positive", "2")[row["label"]]
 
 
 def test_an_adapter_with_another_r_is_loaded_with_its_own(tiny_gpt2: str, posts_csv: Path, tmp_path: Path) -> None:
