@@ -1,0 +1,727 @@
+"""Training and prediction speed: a plain-PyTorch reference of the original recipe against our pipeline (main.py).
+
+    python benchmarks/speed.py --quick                  # a 4-layer, 256-wide GPT-2: about 3 minutes on 2 cores
+    python benchmarks/speed.py --out speed.json         # the real model's shape (12 x 768, random weights): ~20 min
+    python benchmarks/speed.py --model /models/gpt2-chinese-cluecorpussmall   # an existing model directory
+
+Both sides train and label the same real posts (``--posts``, default data/sample/weibo_senti_4k.csv), each in its
+own subprocess with the same torch thread count, alternating reference and ours ``--repeats`` times. The reference
+tokenizes one post per ``__getitem__`` padded to 128 tokens, trains with a plain loop, and labels one post per
+forward pass with the LoRA adapter unmerged, as the original train.py/predict.py did; ours is
+``python main.py fit|predict``, timed from inside by ``speed_meter.StepTimer`` so start-up and model loading are
+left out. Our predictions use the reference's own saved adapter, so labels and probabilities must agree.
+Also measured: the machine's fp32 matrix-multiply peak (for achieved FLOP/s as a share of it), an int8 predict
+mode when ``main.py`` has one, and whether predict's peak memory stays flat from 1,000 to 1,000,000 input lines.
+Memory is each process's peak RSS from ``wait4`` and, since our predict reads in a DataLoader worker process whose
+memory that peak leaves out (it is a maximum over the processes, not a sum), the sampled peak of the process with
+its workers. Prints a Markdown table; ``--out FILE`` keeps every raw figure as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+CONFIG = ROOT / "configs" / "gpt2_chinese_lora.yaml"
+POSTS = ROOT / "data" / "sample" / "weibo_senti_4k.csv"
+MAX_LENGTH = 128  # the original recipe pads every post to this
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+PEAK_WIDTH = 768  # the machine's matmul peak is measured on the real model's shapes, whatever model is benchmarked
+# Our fit runs no validation (limit_val_batches 0), so val_f1_mean, which the config's EarlyStopping and checkpoint
+# monitor, is never logged: EarlyStopping (strict) would stop the run with an error at the end of training, and the
+# checkpoint would warn. Replace the config's callback list by its other member, and checkpoint without a monitor.
+FIT_WITHOUT_VALIDATION = ["--trainer.callbacks=lightning.pytorch.callbacks.LearningRateMonitor",
+                          "--trainer.callbacks.logging_interval=step", "--checkpoint.monitor=null"]
+
+
+@dataclass
+class Settings:
+    """Sizes of one run; ``--quick`` shrinks the model and the work, the flags override either."""
+
+    layers: int = 12
+    width: int = 768
+    heads: int = 12
+    warmup_steps: int = 3
+    timed_steps: int = 16
+    predict_posts: int = 300
+    repeats: int = 2
+    memory_lines: tuple[int, int] = (1_000, 1_000_000)
+    matmul_repeats: int = 10
+
+
+QUICK = Settings(layers=4, width=256, heads=4, warmup_steps=2, timed_steps=8, predict_posts=100, repeats=1,
+                 memory_lines=(1_000, 100_000), matmul_repeats=5)  # fmt: skip
+
+
+# =====================================================================================================================
+# Workers: each runs in its own subprocess (python benchmarks/speed.py --worker NAME --spec JSON), so its peak RSS
+# is its own and it starts as cold as main.py does.
+# =====================================================================================================================
+
+
+def _load_reference_model(model_dir: str, num_labels: int = 2) -> tuple[Any, Any]:
+    """Tokenizer and sequence-classification backbone, loaded as the original scripts did."""
+    from transformers import AutoModelForSequenceClassification
+
+    from weibo_sentiment.data import load_tokenizer  # AutoTokenizer.from_pretrained(model_dir), checked for a pad id
+
+    tokenizer = load_tokenizer(model_dir)
+    backbone = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id
+    )
+    return tokenizer, backbone
+
+
+def _encode_padded(tokenizer: Any, text: str) -> dict[str, Any]:
+    """One post, padded to ``MAX_LENGTH`` (the original recipe's fixed-length batches)."""
+    return tokenizer(text, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt",
+                     return_token_type_ids=False)  # fmt: skip
+
+
+def reference_train(spec: dict[str, Any]) -> dict[str, Any]:
+    """The original train.py: per-item tokenization, batch 16 shuffled, LoRA, AdamW + linear warm-up, a plain loop.
+
+    Batches are timed as ``StepTimer`` times ours: from one batch's arrival to the next (data loading included),
+    the first ``warmup_steps`` and the last left out.
+    """
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from torch.utils.data import DataLoader, Dataset
+    from transformers import get_linear_schedule_with_warmup
+
+    from weibo_sentiment.data import read_labelled
+
+    torch.manual_seed(42)
+    posts = read_labelled(spec["train_path"], "review", "label")
+    tokenizer, backbone = _load_reference_model(spec["model"])
+    embeddings = backbone.transformer.wte.weight.numel() + backbone.transformer.wpe.weight.numel()
+    non_embedding = sum(p.numel() for p in backbone.parameters()) - embeddings
+
+    class PaddedPosts(Dataset):
+        def __len__(self) -> int:
+            return len(posts)
+
+        def __getitem__(self, index: int) -> dict[str, Any]:
+            encoded = _encode_padded(tokenizer, posts[index].text)
+            return {"input_ids": encoded["input_ids"].squeeze(0), "attention_mask": encoded["attention_mask"].squeeze(0),
+                    "labels": torch.tensor(posts[index].label)}  # fmt: skip
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=32, lora_dropout=0.1,
+                      target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)  # fmt: skip
+    model = get_peft_model(backbone, lora)
+    steps = spec["steps"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, eps=1e-8)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    loader = DataLoader(PaddedPosts(), batch_size=16, shuffle=True)
+    model.train()
+    batches, previous = [], None
+    for step, batch in enumerate(loader):
+        if step == steps:  # like ours: `steps` batches trained, the last one untimed (nothing closes it there)
+            break
+        now = time.perf_counter()
+        if previous is not None and previous[0] >= spec["warmup_steps"]:
+            batches.append({"seconds": now - previous[1], **previous[2]})
+        mask = batch["attention_mask"]
+        previous = (step, now, {"samples": len(mask), "real_tokens": int(mask.sum()), "padded_tokens": mask.numel()})
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    model.save_pretrained(spec["adapter_out"])
+    lengths = [len(ids) for ids in tokenizer([post.text for post in posts], truncation=True, max_length=MAX_LENGTH,
+                                             return_token_type_ids=False)["input_ids"]]  # fmt: skip
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "non_embedding_parameters": non_embedding,
+        "corpus_real_tokens_per_post": sum(lengths) / len(lengths),
+        "warmup_steps": spec["warmup_steps"],
+        "timed_batches": len(batches),
+        **{key: sum(b[key] for b in batches) for key in ("seconds", "samples", "real_tokens", "padded_tokens")},
+        "batches": batches,
+    }
+
+
+def reference_predict(spec: dict[str, Any]) -> dict[str, Any]:
+    """The original predict.py: base model + adapter (unmerged), one post per forward pass, padded to 128."""
+    import torch
+    from peft import PeftModel
+
+    from weibo_sentiment.data import PostReader
+
+    tokenizer, backbone = _load_reference_model(spec["model"])
+    model = PeftModel.from_pretrained(backbone, spec["adapter"])
+    model.eval()
+    posts = list(PostReader(spec["predict_path"]))
+    rows, real_tokens = [], 0
+    start = time.perf_counter()
+    for post in posts:
+        encoded = _encode_padded(tokenizer, post.text)
+        with torch.no_grad():
+            probabilities = model(**encoded).logits.softmax(dim=-1)[0]
+        label = int(probabilities.argmax())
+        rows.append({"id": post.id, "label": label, "probability": float(probabilities[label]),
+                     "prob_positive": float(probabilities[1])})  # fmt: skip
+        real_tokens += int(encoded["attention_mask"].sum())
+    seconds = time.perf_counter() - start
+    return {"torch_threads": torch.get_num_threads(), "seconds": seconds, "posts": len(posts),
+            "real_tokens": real_tokens, "padded_tokens": len(posts) * MAX_LENGTH, "rows": rows}  # fmt: skip
+
+
+def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """fp32 ``torch.mm`` GFLOP/s on the shapes of the real model's projections (tokens x 768 @ 768 x 3072, ...)."""
+    import torch
+
+    width, tokens = PEAK_WIDTH, 2048
+    shapes = [(tokens, width, 4 * width), (tokens, width, width), (tokens, 4 * width, width)]
+    results = {}
+    for m, k, n in shapes:
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        for _ in range(3):  # warm-up: oneDNN/MKL pick and cache their kernels
+            torch.mm(a, b, out=out)
+        start, iterations = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.2:
+            torch.mm(a, b, out=out)
+            iterations += 1
+        per_repeat = max(1, iterations)  # about 0.2 s per timed repeat
+        rates = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            for _ in range(per_repeat):
+                torch.mm(a, b, out=out)
+            rates.append(2 * m * k * n * per_repeat / (time.perf_counter() - start) / 1e9)
+        results[f"({m}x{k})@({k}x{n})"] = statistics.median(rates)
+    best = max(results, key=results.get)
+    return {"torch_threads": torch.get_num_threads(), "gflops_by_shape": results, "best_shape": best,
+            "peak_gflops": results[best]}  # fmt: skip
+
+
+def build_model(spec: dict[str, Any]) -> dict[str, Any]:
+    """A randomly initialised GPT-2 with the real vocabulary, saved as a model directory."""
+    from weibo_sentiment.tiny_models import build_gpt2
+
+    build_gpt2(spec["out"], n_embd=spec["width"], n_layer=spec["layers"], n_head=spec["heads"], n_positions=1024)
+    return {}
+
+
+WORKERS = {"reference-train": reference_train, "reference-predict": reference_predict, "matmul-peak": matmul_peak,
+           "build-model": build_model}  # fmt: skip
+
+
+def run_worker(name: str, spec_json: str) -> None:
+    import torch
+
+    spec = json.loads(spec_json)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    result = WORKERS[name](spec)
+    Path(spec["report"]).write_text(json.dumps(result), encoding="utf-8")
+
+
+# =====================================================================================================================
+# The driver: prepares the model and the posts, runs every side in a subprocess, and reports.
+# =====================================================================================================================
+
+
+@dataclass
+class Child:
+    """One finished subprocess: what it measured about itself, and what the driver measured about it."""
+
+    returncode: int
+    wall_seconds: float
+    peak_rss_mb: float  # wait4's ru_maxrss: the largest of the process and its descendants, never their sum
+    peak_tree_mb: float  # sampled: the process with its descendants (e.g. a DataLoader worker), see tree_memory_mb
+    log: str
+    tree_mb_samples: list[tuple[float, float]]
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(Path(self.log).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def descendants_and_self(pid: int) -> list[int]:
+    """``pid`` and every process below it, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree = [pid]
+    for member in tree:
+        tree += children.get(member, [])
+    return tree
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """A process's resident memory by kind (kB), from /proc/PID/smaps_rollup; empty once it has gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+            return {line.split(":")[0]: int(line.split()[1]) for line in rollup if line.rstrip().endswith(" kB")}
+    except OSError:
+        return {}
+
+
+def rss_kb(pid: int) -> int:
+    """A process's RSS from /proc/PID/statm: a counter, cheap to read however large the process."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * PAGE_KB
+    except (OSError, IndexError):
+        return 0
+
+
+def tree_memory_mb(pid: int) -> float:
+    """The root's RSS plus the pages its descendants (a DataLoader worker) hold privately.
+
+    Not PSS: PSS splits a shared library's pages among every process on the machine that maps it, so it moves with
+    whatever else runs; the root's RSS plus the workers' unique pages do not. Pages a forked worker still shares
+    with the root (the model's weights) count once. Only the workers' smaps are read: that walks every page table,
+    which for a process of several GB would take CPU from the run being measured.
+    """
+    root, *workers = descendants_and_self(pid)
+    private = sum(m.get("Private_Clean", 0) + m.get("Private_Dirty", 0) for m in map(memory_kb, workers))
+    return (rss_kb(root) + private) / 1024
+
+
+class TreeMemorySampler(threading.Thread):
+    """Samples a process tree's memory until stopped; ``peak_mb`` is the largest sample (short peaks can slip by)."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak_mb = pid, interval, 0.0
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        while not self.done.wait(self.interval):
+            megabytes = tree_memory_mb(self.pid)
+            self.samples.append((round(time.perf_counter() - start, 2), round(megabytes, 1)))
+            self.peak_mb = max(self.peak_mb, megabytes)
+
+
+class Runner:
+    """Runs each side in a subprocess of its own (cwd: the repository), its output in a log in the work folder."""
+
+    def __init__(self, work: Path, threads: int) -> None:
+        self.work = work
+        self.count = 0
+        self.threads = threads
+
+    def run(self, label: str, command: list[str], threads: Optional[int] = None) -> Child:
+        self.count += 1
+        log = self.work / f"{self.count:02d}-{label}.log"
+        print(f"  {label} ...", end="", flush=True)
+        start = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as out:
+            process = subprocess.Popen(command, cwd=ROOT, env=self._env(threads or self.threads), stdout=out,
+                                       stderr=subprocess.STDOUT)  # fmt: skip
+            sampler = TreeMemorySampler(process.pid)
+            sampler.start()
+            # wait4 gives this child's own rusage; RUSAGE_CHILDREN would fold in every child run so far.
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            sampler.done.set()
+            sampler.join()
+        child = Child(process.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, sampler.peak_mb,
+                      str(log), sampler.samples)  # fmt: skip
+        print(f" {child.wall_seconds:.0f} s, peak RSS {child.peak_rss_mb:.0f} MB, with its workers "
+              f"{child.peak_tree_mb:.0f} MB" + ("" if child.returncode == 0 else " FAILED"))
+        return child
+
+    @staticmethod
+    def _env(threads: int) -> dict[str, str]:
+        # The same intra-op thread count for every side; torch reads OMP_NUM_THREADS at start-up.
+        return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))}
+
+    def worker(self, name: str, spec: dict[str, Any]) -> tuple[Child, dict[str, Any]]:
+        report = self.work / f"{name}-{self.count + 1:02d}.json"
+        spec = {**spec, "threads": self.threads, "report": str(report)}
+        child = self.run(name, [sys.executable, str(Path(__file__)), "--worker", name, "--spec", json.dumps(spec)])
+        return child, self._report(child, report)
+
+    def main_py(self, label: str, args: list[str], warmup_steps: int = 0,
+                threads: Optional[int] = None) -> tuple[Child, dict[str, Any]]:
+        report = self.work / f"{label}-{self.count + 1:02d}.json"
+        # jsonargparse applies --trainer.callbacks.X to the callback added last: these flags go after all others.
+        timer = ["--trainer.callbacks+=speed_meter.StepTimer", f"--trainer.callbacks.report_path={report}",
+                 f"--trainer.callbacks.warmup_steps={warmup_steps}"]
+        child = self.run(label, [sys.executable, "main.py", *args, *timer], threads)
+        return child, self._report(child, report)
+
+    @staticmethod
+    def _report(child: Child, report: Path) -> dict[str, Any]:
+        if child.returncode != 0 or not report.is_file():
+            sys.exit(f"error: {Path(child.log).name} failed (exit {child.returncode}); its last lines:\n{child.tail()}")
+        return json.loads(report.read_text(encoding="utf-8"))
+
+
+def main_py_has_flag(subcommand: str, flag: str) -> bool:
+    """Whether ``main.py SUBCOMMAND --help`` lists ``flag`` (for options still being added)."""
+    help_text = subprocess.run([sys.executable, "main.py", subcommand, "--help"], cwd=ROOT, capture_output=True,
+                               text=True, check=False).stdout  # fmt: skip
+    return flag in help_text
+
+
+def write_posts(path: Path, texts: list[str]) -> Path:
+    """A prediction input with an id per post (so rows of both sides can be matched)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "review"])
+        writer.writerows((f"p{i}", text) for i, text in enumerate(texts))
+    return path
+
+
+def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
+    """Our prediction file as id -> (label, prob_positive)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return {row["id"]: (int(row["label"]), float(row["prob_positive"])) for row in csv.DictReader(f)}
+
+
+def compare(reference: dict[str, tuple[int, float]], ours: dict[str, tuple[int, float]]) -> dict[str, Any]:
+    """Label agreement and the largest probability difference between two sets of predictions of the same posts.
+
+    A post missing from ``ours`` counts as a disagreement.
+    """
+    common = reference.keys() & ours.keys()
+    same = sum(reference[key][0] == ours[key][0] for key in common)
+    return {"posts": len(reference), "missing": len(reference) - len(common), "same_label": same,
+            "agreement": same / len(reference),
+            "max_abs_prob_diff": max((abs(reference[key][1] - ours[key][1]) for key in common), default=None)}
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
+            **{package: version(package) for package in ("torch", "transformers", "peft", "lightning")}, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
+            # Anything else running on the machine slows both sides; alternating them spreads it, but say so.
+            "load_average_at_start": os.getloadavg()[0]}  # fmt: skip
+
+
+def read_rows(path: Path) -> list[tuple[str, str]]:
+    """(label, post) rows of a labelled CSV; the workers and main.py read and check it with the project's reader."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [(row["label"], row["review"]) for row in csv.DictReader(f)]
+
+
+def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> dict[str, Any]:
+    # This process imports neither torch nor the project and holds no model: a child's ru_maxrss starts from its
+    # parent's peak (exec records the memory it replaces), so a big driver would raise every figure to its own.
+    runner = Runner(work, args.threads)
+    results: dict[str, Any] = {"settings": asdict(settings), "machine": machine_info(args.threads), "notes": []}
+    notes = results["notes"]
+
+    # ---- inputs: one model, the training posts, a sample of them to label -------------------------------------
+    if args.model:
+        model_dir = args.model
+    else:
+        print(f"building a random GPT-2, {settings.layers} layers x {settings.width}, the real vocabulary")
+        model_dir = str(work / "model")
+        runner.worker("build-model", {"out": model_dir, "layers": settings.layers, "width": settings.width,
+                                      "heads": settings.heads})  # fmt: skip
+    results["model"] = args.model or f"random GPT-2, {settings.layers} layers x {settings.width}, 21,128-token vocab"
+    rows = read_rows(args.posts)
+    texts = [text for _, text in rows]
+    # Our fit holds no posts out when given a validation file; a tiny one, never run (limit_val_batches 0).
+    val_path = work / "val.csv"
+    with open(val_path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([("label", "review"), *rows[:16]])
+    sample = random.Random(0).sample(texts, min(settings.predict_posts, len(texts)))
+    predict_path = write_posts(work / "predict.csv", sample)
+    steps = settings.warmup_steps + settings.timed_steps + 1  # +1: the last batch has no next start to close it
+    common = ["--config", str(CONFIG), "--model.model_name_or_path", model_dir, "--trainer.enable_progress_bar",
+              "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
+    fit_args = ["fit", *common, "--data.train_path", str(args.posts), "--data.val_path", str(val_path),
+                "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
+                "--trainer.num_sanity_val_steps", "0", *FIT_WITHOUT_VALIDATION]  # fmt: skip
+    has_int8 = main_py_has_flag("predict", "--model.quantize")
+    if not has_int8:
+        notes.append("int8: main.py predict has no --model.quantize yet; skipped")
+
+    print("matrix-multiply peak")
+    _, results["matmul"] = runner.worker("matmul-peak", {"repeats": settings.matmul_repeats})
+
+    # ---- reference and ours, alternating, on the same posts ------------------------------------------------------
+    runs: list[dict[str, Any]] = []
+    for repeat in range(settings.repeats):
+        print(f"repeat {repeat + 1} of {settings.repeats}")
+        run: dict[str, Any] = {}
+        adapter = work / f"reference-adapter-{repeat}"
+        child, report = runner.worker("reference-train", {"model": model_dir, "train_path": str(args.posts),
+                                                          "steps": steps, "warmup_steps": settings.warmup_steps,
+                                                          "adapter_out": str(adapter)})  # fmt: skip
+        run["reference_train"] = {**asdict(child), **report}
+        root = work / f"ours-fit-{repeat}"
+        child, report = runner.main_py("ours-fit", [*fit_args, "--trainer.default_root_dir", str(root)],
+                                       settings.warmup_steps)
+        run["ours_train"] = {**asdict(child), **report}
+
+        child, report = runner.worker("reference-predict", {"model": model_dir, "adapter": str(adapter),
+                                                            "predict_path": str(predict_path)})  # fmt: skip
+        run["reference_predict"] = {**asdict(child), **{k: v for k, v in report.items() if k != "rows"}}
+        reference_rows = {row["id"]: (row["label"], row["prob_positive"]) for row in report["rows"]}
+        predict_args = ["predict", *common, "--model.adapter_path", str(adapter), "--data.predict_path",
+                        str(predict_path), "--trainer.default_root_dir", str(work / f"ours-predict-{repeat}")]
+        ours_out = work / f"ours-predictions-{repeat}.csv"
+        child, report = runner.main_py("ours-predict", [*predict_args, "--predict_writer.output_path", str(ours_out)])
+        run["ours_predict"] = {**asdict(child), **report}
+        ours_rows = read_predictions(ours_out)
+        run["agreement"] = compare(reference_rows, ours_rows)
+        if has_int8:
+            int8_out = work / f"int8-predictions-{repeat}.csv"
+            child, report = runner.main_py("ours-int8-predict", [*predict_args, "--model.quantize", "int8",
+                                                                 "--predict_writer.output_path", str(int8_out)])
+            run["int8_predict"] = {**asdict(child), **report}
+            run["int8_agreement_with_ours_fp32"] = compare(ours_rows, read_predictions(int8_out))
+        runs.append(run)
+    results["runs"] = runs
+
+    # ---- memory against input size: a tiny model, so a million lines take minutes ------------------------------
+    # One thread: this part measures memory, not speed, and a tiny model's small operations only lose from a
+    # second thread (badly so when anything else runs on the machine and OpenMP threads wait for each other).
+    small, large = settings.memory_lines
+    print(f"predict memory, {small:,} vs {large:,} input lines (a GPT-2 of 2 layers x 32, 1 thread)")
+    tiny = str(work / "tiny-model")
+    runner.worker("build-model", {"out": tiny, "layers": 2, "width": 32, "heads": 2})
+    memory = {}
+    for lines in (small, large):
+        path = write_posts(work / f"memory-{lines}.csv", [texts[i % len(texts)] for i in range(lines)])
+        child, report = runner.main_py(f"ours-predict-{lines}-lines", [
+            "predict", *common, "--model.model_name_or_path", tiny, "--data.predict_path", str(path),
+            "--predict_writer.output_path", str(work / f"memory-{lines}-out.csv"),
+            "--trainer.default_root_dir", str(work / f"memory-{lines}")], threads=1)  # fmt: skip
+        memory[lines] = {**asdict(child), **report}
+        path.unlink()  # up to a few hundred MB each
+        (work / f"memory-{lines}-out.csv").unlink(missing_ok=True)
+    # A short run can end before its worker has copied the parent's pages it touches (a fixed cost, not one that
+    # grows with the input): within the long run, memory that grows with the input shows as a peak in its second
+    # half above the one in its second quarter (the first holds the start-up).
+    samples = memory[large]["tree_mb_samples"]
+    quarter = samples[-1][0] / 4 if samples else 0
+    early = [mb for t, mb in samples if quarter < t <= 2 * quarter] or [0.0]
+    late = [mb for t, mb in samples if t > 2 * quarter] or [0.0]
+    results["memory"] = {"small_lines": small, "large_lines": large, "small": memory[small], "large": memory[large],
+                         "rss_ratio": memory[large]["peak_rss_mb"] / memory[small]["peak_rss_mb"],
+                         "tree_ratio": memory[large]["peak_tree_mb"] / memory[small]["peak_tree_mb"],
+                         "large_second_quarter_peak_mb": max(early), "large_second_half_peak_mb": max(late)}
+    results["load_average_at_end"] = os.getloadavg()[0]
+    # The floor under every child's peak RSS (see above): should be small.
+    results["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    threads = {report["torch_threads"] for run in runs for report in run.values() if "torch_threads" in report}
+    if results["machine"]["load_average_at_start"] > 0.5 * (os.cpu_count() or 1):
+        notes.append(f"the 1-minute load average was {results['machine']['load_average_at_start']:.1f} when the run "
+                     "started: unless that was a run that had just ended, other work shared the machine, and the "
+                     "figures are low and noisy")
+    if threads != {args.threads}:
+        notes.append(f"torch threads differed between the processes: {sorted(threads)}, asked for {args.threads}")
+    results["summary"] = summarise(results)
+    return results
+
+
+# =====================================================================================================================
+# Figures and the table
+# =====================================================================================================================
+
+
+def figures(report: dict[str, Any], unit: str, flops_per_token: int) -> dict[str, float]:
+    """One side's rates in one repeat (``unit``: samples or posts)."""
+    return {
+        f"{unit}_per_s": report[unit] / report["seconds"],
+        "real_tokens_per_s": report["real_tokens"] / report["seconds"],
+        "real_tokens_per_sample": report["real_tokens"] / report[unit],
+        "padding_share": 1 - report["real_tokens"] / report["padded_tokens"],
+        "gflops": flops_per_token * report["real_tokens"] / report["seconds"] / 1e9,
+        "gflops_with_padding": flops_per_token * report["padded_tokens"] / report["seconds"] / 1e9,
+        "peak_rss_mb": report["peak_rss_mb"],
+        "peak_tree_mb": report["peak_tree_mb"],
+        "wall_seconds": report["wall_seconds"],
+    }
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Medians over the repeats, FLOP/s from the model's non-embedding parameters and the real tokens."""
+    runs = results["runs"]
+    params = runs[0]["reference_train"]["non_embedding_parameters"]
+    peak = results["matmul"]["peak_gflops"]
+    # Forward ~ 2 FLOPs per parameter per token (attention's own T^2 term ignored); training with a frozen
+    # backbone ~ 2 x forward (backward through the activations, no weight gradients but LoRA's).
+    flops_per_token = {"train": 4 * params, "predict": 2 * params}
+    corpus_mean = runs[0]["reference_train"]["corpus_real_tokens_per_post"]
+    summary: dict[str, Any] = {"non_embedding_parameters": params, "peak_gflops": peak,
+                               "corpus_real_tokens_per_post": corpus_mean}  # fmt: skip
+    for side in ("reference_train", "ours_train", "reference_predict", "ours_predict", "int8_predict"):
+        if side not in runs[0]:
+            continue
+        stage = side.rsplit("_", 1)[1]
+        per_run = [figures(run[side], "samples" if stage == "train" else "posts", flops_per_token[stage]) for run in runs]
+        summary[side] = {key: statistics.median(f[key] for f in per_run) for key in per_run[0]}
+        summary[side]["share_of_peak"] = summary[side]["gflops"] / peak
+    # Our batches are grouped by length, so a stretch of 16 batches holds ~16 independent lengths, not 256: its
+    # mean post length strays from the corpus's by ~10-20 %. Our cost per post follows its length, the reference's
+    # does not (always 128 tokens), so ours at the corpus's mean length is its real tokens/s over that mean.
+    summary["ours_train"]["samples_per_s_at_corpus_mean_length"] = summary["ours_train"]["real_tokens_per_s"] / corpus_mean
+    for key in ("agreement", "int8_agreement_with_ours_fp32"):
+        if key in runs[0]:
+            summary[key] = {"same_label": sum(run[key]["same_label"] for run in runs),
+                            "posts": sum(run[key]["posts"] for run in runs),
+                            "max_abs_prob_diff": max(run[key]["max_abs_prob_diff"] or 0 for run in runs)}  # fmt: skip
+    return summary
+
+
+def table(results: dict[str, Any]) -> str:
+    s, machine, memory = results["summary"], results["machine"], results["memory"]
+
+    def num(value: Optional[float], digits: int = 1) -> str:
+        return "—" if value is None else f"{value:,.{digits}f}"
+
+    def ratio(ours: Optional[float], reference: Optional[float]) -> str:
+        return "—" if not ours or not reference else f"{ours / reference:.2f}×"
+
+    def row(metric: str, reference: str, ours: str, ratio_: str = "", target: str = "") -> str:
+        return f"| {metric} | {reference} | {ours} | {ratio_} | {target} |"
+
+    lines = [
+        (f"{machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}; {machine['date']}; "
+         f"1-min load average {machine['load_average_at_start']:.1f} at the start, "
+         f"{results['load_average_at_end']:.1f} at the end"),
+        (f"`{machine['command']}`; model: {results['model']}, "
+         f"{s['non_embedding_parameters'] / 1e6:.1f} M non-embedding parameters; medians of "
+         f"{results['settings']['repeats']} alternating repeat(s)"),
+        "",
+        "| metric | reference | ours | ratio ours/ref | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for stage, unit in (("train", "samples"), ("predict", "posts")):
+        ref, ours = s[f"reference_{stage}"], s[f"ours_{stage}"]
+        lines.append(row(f"{stage}: {unit}/s", num(ref[f"{unit}_per_s"]), num(ours[f"{unit}_per_s"]),
+                         ratio(ours[f"{unit}_per_s"], ref[f"{unit}_per_s"]), "higher"))
+        if stage == "train":
+            adjusted = ours["samples_per_s_at_corpus_mean_length"]
+            lines.append(row("train: samples/s at the mean post length (ours: real tokens/s ÷ mean)",
+                             num(ref["samples_per_s"]), num(adjusted), ratio(adjusted, ref["samples_per_s"]), "higher"))
+        lines += [
+            row(f"{stage}: real tokens per {unit[:-1]} (timed stretch)", num(ref["real_tokens_per_sample"]),
+                num(ours["real_tokens_per_sample"]), "", f"all posts: {s['corpus_real_tokens_per_post']:.1f}"),
+            row(f"{stage}: share of tokens that are padding", f"{ref['padding_share']:.0%}",
+                f"{ours['padding_share']:.0%}", "", "lower"),
+            row(f"{stage}: achieved GFLOP/s (real tokens), % of peak",
+                f"{num(ref['gflops'])} ({ref['share_of_peak']:.0%})", f"{num(ours['gflops'])} ({ours['share_of_peak']:.0%})",
+                ratio(ours["gflops"], ref["gflops"]), "higher"),
+            row(f"{stage}: GFLOP/s executed, padding included, % of peak", f"{num(ref['gflops_with_padding'])} "
+                f"({ref['gflops_with_padding'] / s['peak_gflops']:.0%})", f"{num(ours['gflops_with_padding'])} "
+                f"({ours['gflops_with_padding'] / s['peak_gflops']:.0%})", "", ""),
+            row(f"{stage}: peak RSS MB", num(ref["peak_rss_mb"], 0), num(ours["peak_rss_mb"], 0),
+                ratio(ours["peak_rss_mb"], ref["peak_rss_mb"]), "lower"),
+            row(f"{stage}: peak MB with worker processes (sampled)", num(ref["peak_tree_mb"], 0),
+                num(ours["peak_tree_mb"], 0), ratio(ours["peak_tree_mb"], ref["peak_tree_mb"]), "lower"),
+            row(f"{stage}: wall time of the process, start-up included, s", num(ref["wall_seconds"]),
+                num(ours["wall_seconds"]), ratio(ours["wall_seconds"], ref["wall_seconds"]), ""),
+        ]  # fmt: skip
+    agreement = s["agreement"]
+    lines.append(row("predict: same label as the reference (same adapter)", "", f"{agreement['same_label']} of "
+                     f"{agreement['posts']}", f"{agreement['same_label'] / agreement['posts']:.2%}", "all"))
+    lines.append(row("predict: max abs difference of prob_positive", "", f"{agreement['max_abs_prob_diff']:.1e}",
+                     "", "≤ 1e-4"))  # fmt: skip
+    if "int8_predict" in s:
+        int8, ref, agree = s["int8_predict"], s["reference_predict"], s["int8_agreement_with_ours_fp32"]
+        lines += [
+            row("predict int8 (`--model.quantize int8`): posts/s", num(ref["posts_per_s"]), num(int8["posts_per_s"]),
+                ratio(int8["posts_per_s"], ref["posts_per_s"]), "higher"),
+            row("predict int8: same label as our fp32", "", f"{agree['same_label']} of {agree['posts']}",
+                f"{agree['same_label'] / agree['posts']:.2%}", "high"),
+            row("predict int8: max abs prob_positive difference to fp32", "", f"{agree['max_abs_prob_diff']:.1e}", "", ""),
+            row("predict int8: peak RSS MB", num(ref["peak_rss_mb"], 0), num(int8["peak_rss_mb"], 0),
+                ratio(int8["peak_rss_mb"], ref["peak_rss_mb"]), "lower"),
+            row("predict int8: peak MB with worker processes (sampled)", num(ref["peak_tree_mb"], 0),
+                num(int8["peak_tree_mb"], 0), ratio(int8["peak_tree_mb"], ref["peak_tree_mb"]), "lower"),
+        ]  # fmt: skip
+    small, large = memory["small"], memory["large"]
+    lines += [
+        row(f"predict peak RSS MB, {memory['small_lines']:,} → {memory['large_lines']:,} lines (GPT-2 2 x 32)", "",
+            f"{small['peak_rss_mb']:,.0f} → {large['peak_rss_mb']:,.0f}", f"{memory['rss_ratio']:.2f}×", "≤ 1.10×"),
+        row("the same, with worker processes (sampled)", "",
+            f"{small['peak_tree_mb']:,.0f} → {large['peak_tree_mb']:,.0f}", f"{memory['tree_ratio']:.2f}×", ""),
+        row(f"the {memory['large_lines']:,}-line run with workers: peak in its 2nd quarter → in its 2nd half", "",
+            f"{memory['large_second_quarter_peak_mb']:,.0f} → {memory['large_second_half_peak_mb']:,.0f}",
+            f"{memory['large_second_half_peak_mb'] / memory['large_second_quarter_peak_mb']:.2f}×", "≤ 1.10×"),
+        row(f"predict posts/s on those {memory['large_lines']:,} lines (tiny model, 1 thread)", "",
+            num(large["posts"] / large["seconds"], 0), "", ""),
+        row("machine: fp32 matmul peak GFLOP/s, " + results["matmul"]["best_shape"], "",
+            num(results["matmul"]["peak_gflops"]), "", ""),
+    ]  # fmt: skip
+    return "\n".join(lines + [f"\nNote: {note}" for note in results["notes"]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small model and little work: about 3 minutes")
+    parser.add_argument("--model", help="an existing model directory (default: a random GPT-2 of the real shape)")
+    parser.add_argument("--posts", type=Path, default=POSTS, help="labelled posts (label,review) to train and label")
+    parser.add_argument("--timed-steps", type=int, help="training batches timed after the warm-up")
+    parser.add_argument("--warmup-steps", type=int, help="training batches left out at the start")
+    parser.add_argument("--predict-posts", type=int, help="posts to label, drawn from --posts")
+    parser.add_argument("--memory-lines", type=int, nargs=2, metavar=("SMALL", "LARGE"),
+                        help="input lines of the two memory runs")  # fmt: skip
+    parser.add_argument("--repeats", type=int, help="alternating reference/ours rounds")
+    parser.add_argument("--threads", type=int, help="torch threads on every side (default: torch's default here)")
+    parser.add_argument("--out", type=Path, help="write every raw figure here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, predictions, adapters)")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args.worker, args.spec)
+        return
+
+    settings = QUICK if args.quick else Settings()
+    overrides = {"timed_steps": args.timed_steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats,
+                 "predict_posts": args.predict_posts,
+                 "memory_lines": tuple(args.memory_lines) if args.memory_lines else None}  # fmt: skip
+    settings = Settings(**{**asdict(settings), **{k: v for k, v in overrides.items() if v is not None}})
+    if not args.threads:  # torch's own default here (physical cores, or OMP_NUM_THREADS), asked outside this process
+        args.threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                          capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="speed-"))
+    start = time.perf_counter()
+    try:
+        results = run_benchmark(args, settings, work)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["total_seconds"] = time.perf_counter() - start
+    print()
+    print(table(results))
+    print(f"\ntotal {results['total_seconds'] / 60:.1f} min")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
