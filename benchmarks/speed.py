@@ -1,7 +1,7 @@
 """Training and prediction speed: a plain-PyTorch reference of the original recipe against our pipeline (main.py).
 
     python benchmarks/speed.py --quick                  # a 4-layer, 256-wide GPT-2: about 3 minutes on 2 cores
-    python benchmarks/speed.py --out speed.json         # the real model's shape (12 x 768, random weights): ~20 min
+    python benchmarks/speed.py --out speed.json         # the real model's shape (12 x 768, random weights): ~25 min
     python benchmarks/speed.py --model /models/gpt2-chinese-cluecorpussmall   # an existing model directory
 
 Both sides train and label the same real posts (``--posts``, default data/sample/weibo_senti_4k.csv), each in its
