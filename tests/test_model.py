@@ -126,18 +126,20 @@ def test_an_adapter_for_another_base_is_a_clear_error(tiny_gpt2: str, tiny_bert:
         load_adapter(load_backbone(tiny_gpt2, 3), str(tmp_path / "gpt2"))  # a 3-label head
 
 
-def predict_batch(seed: int = 0) -> dict:
-    batch = sample_batch(seed)
-    return {**batch, "posts": [None] * 3, "classified": torch.arange(3)}
+def ready_to_predict(tiny_gpt2: str, **settings) -> tuple[SentimentClassifier, dict, torch.Tensor]:
+    """A model with trained-looking LoRA in eval mode, a predict batch and its unmerged fp32 probabilities."""
+    module = SentimentClassifier(tiny_gpt2, **settings)
+    randomize_trainable(module)
+    module.eval()
+    batch = {**sample_batch(), "posts": [None] * 3, "classified": torch.arange(3)}
+    with torch.inference_mode():
+        probabilities = module(batch["input_ids"], batch["attention_mask"]).softmax(-1)
+    return module, batch, probabilities
 
 
 def test_predict_merges_lora_into_the_base_weights_and_undoes_it_after(tiny_gpt2: str) -> None:
-    module = SentimentClassifier(tiny_gpt2)
-    randomize_trainable(module)
-    module.eval()
-    batch = predict_batch()
+    module, batch, unmerged = ready_to_predict(tiny_gpt2)
     with torch.inference_mode():
-        unmerged = module(batch["input_ids"], batch["attention_mask"]).softmax(-1)
         module.on_predict_start()
         lora_layers = [m for m in module.modules() if hasattr(m, "merged")]
         assert lora_layers and all(layer.merged for layer in lora_layers)  # one matmul per layer, not three
@@ -148,12 +150,8 @@ def test_predict_merges_lora_into_the_base_weights_and_undoes_it_after(tiny_gpt2
 
 
 def test_int8_predict_quantises_every_linear_layer_and_agrees_with_fp32(tiny_gpt2: str) -> None:
-    module = SentimentClassifier(tiny_gpt2, quantize="int8")
-    randomize_trainable(module)
-    module.eval()
-    batch = predict_batch()
+    module, batch, fp32 = ready_to_predict(tiny_gpt2, quantize="int8")
     with torch.inference_mode():
-        fp32 = module(batch["input_ids"], batch["attention_mask"]).softmax(-1)
         module.on_predict_start()
         int8 = module.predict_step(batch, 0)
     quantized = {type(m).__name__ for m in module.int8_model.modules()}

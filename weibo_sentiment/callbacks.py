@@ -46,6 +46,17 @@ def _with_default_permissions(path: str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def staging_file(target: Path, suffix: str, mode: str = "w") -> tuple[IO, str]:
+    """A new hidden file beside ``target`` (same file system, so renaming it over ``target`` is atomic), open in
+    ``mode``, with the permissions an ordinary new file would get."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    _with_default_permissions(path)
+    if "b" in mode:
+        return os.fdopen(handle, mode), path
+    return os.fdopen(handle, mode, encoding="utf-8", newline=""), path
+
+
 def prediction_columns(text_column: str, with_id: bool) -> list[str]:
     """The columns of a prediction row, in order."""
     return (["id"] if with_id else []) + [text_column, "label", "sentiment", "confidence", "prob_positive", "emoticons"]
@@ -130,12 +141,9 @@ class PredictionWriter(BasePredictionWriter):
     def _temporary(self, suffix: str) -> tuple[IO[str], str]:
         """A new file beside the output, renamed into place (or deleted) at the end."""
         try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            handle, path = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix, dir=self.target.parent)
+            return staging_file(self.target, suffix)
         except OSError as err:
             raise UserError(f"{self.target}: cannot write the predictions here ({err.strerror})") from None
-        _with_default_permissions(path)
-        return os.fdopen(handle, "w", encoding="utf-8", newline=""), path
 
     def _temporary_dir(self) -> str:
         try:
@@ -319,14 +327,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        file, staging = staging_file(path, ".tmp", "wb")
         try:
-            with os.fdopen(handle, "wb") as file:
+            with file:
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
-            _with_default_permissions(staging)
             os.replace(staging, path)
         except BaseException:
             Path(staging).unlink(missing_ok=True)

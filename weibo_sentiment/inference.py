@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from weibo_sentiment.callbacks import prediction_rows
-from weibo_sentiment.data import Post, Tokenize, load_tokenizer, pad_to_longest
+from weibo_sentiment.data import Post, SortedPostBatches, Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
 from weibo_sentiment.errors import UserError, first_line
 from weibo_sentiment.model import ARCHITECTURE_HPARAMS, SentimentClassifier
@@ -116,21 +116,24 @@ class SentimentPredictor:
     def predict(self, texts: list[str], chunk_size: int = 64) -> list[dict[str, Any]]:
         """``label``, ``sentiment``, ``confidence``, ``prob_positive``, ``emoticons`` and ``truncated`` per text.
 
-        Texts are run in chunks of similar length (sorted by token count, answers restored to input order),
-        so a short post never pays for padding to a long one.
+        Texts are batched as ``main.py predict`` batches a window (sorted by token count, answers restored to
+        input order), so a short post never pays for padding to a long one.
         """
-        input_ids = self.tokenize(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(input_ids[i]))
-        probabilities = torch.empty((len(texts), self.model.config.num_labels))
-        for start in range(0, len(order), chunk_size):
-            chunk = order[start : start + chunk_size]
-            batch = pad_to_longest([input_ids[i] for i in chunk], self.tokenizer.pad_token_id)
-            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
-            probabilities[chunk] = logits.float().softmax(-1).cpu()
-        rows = prediction_rows([Post(text) for text in texts], probabilities, self.text_column, self.emoticons)
+        posts = [Post(text) for text in texts]
+        probabilities = torch.full((len(texts), self.model.config.num_labels), float("nan"))
+        lengths = torch.zeros(len(texts), dtype=torch.long)
+        batches = SortedPostBatches([], self.tokenize, self.tokenizer.pad_token_id, chunk_size, len(texts))
+        for batch in batches.window_batches(posts):
+            if not len(batch["classified"]):
+                continue
+            positions = torch.tensor(batch["positions"])[batch["classified"]]
+            inputs = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
+            probabilities[positions] = self.model(**inputs).logits.float().softmax(-1).cpu()
+            lengths[positions] = batch["attention_mask"].sum(dim=1)
+        rows = prediction_rows(posts, probabilities, self.text_column, self.emoticons)
         # The model reads max_length tokens; say so when a post was cut to fit rather than pass it silently.
         # Only posts that reached the limit can have been cut: count their full length to be sure.
-        at_limit = [i for i, ids in enumerate(input_ids) if len(ids) >= self.tokenize.max_length]
+        at_limit = [i for i, length in enumerate(lengths.tolist()) if length >= self.tokenize.max_length]
         full_lengths = [len(ids) for ids in self.tokenizer([texts[i] for i in at_limit])["input_ids"]] if at_limit else []
         cut = {i for i, length in zip(at_limit, full_lengths) if length > self.tokenize.max_length}
         for index, row in enumerate(rows):
