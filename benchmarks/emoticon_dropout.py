@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from weibo_sentiment.cli import SentimentCLI
-from weibo_sentiment.tiny_models import build_gpt2
+from tools.tiny_models import build_gpt2
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ def _load_reference_model(model_dir: str, num_labels: int = 2) -> tuple[Any, Any
     """Tokenizer and sequence-classification backbone, loaded as the original scripts did."""
     from transformers import AutoModelForSequenceClassification
 
-    from weibo_sentiment.data import load_tokenizer  # AutoTokenizer.from_pretrained(model_dir), checked for a pad id
+    from weibo_sentiment.data.tokenizer import load_tokenizer  # AutoTokenizer.from_pretrained(model_dir), checked for a pad id
 
     tokenizer = load_tokenizer(model_dir)
     backbone = AutoModelForSequenceClassification.from_pretrained(
@@ -107,7 +107,7 @@ def reference_train(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader, Dataset
     from transformers import get_linear_schedule_with_warmup
 
-    from weibo_sentiment.data import read_labelled
+    from weibo_sentiment.data.readers import read_labelled
 
     torch.manual_seed(42)
     posts = read_labelled(spec["train_path"], "review", "label")
@@ -166,7 +166,7 @@ def reference_predict(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from peft import PeftModel
 
-    from weibo_sentiment.data import PostReader
+    from weibo_sentiment.data.readers import PostReader
 
     tokenizer, backbone = _load_reference_model(spec["model"])
     model = PeftModel.from_pretrained(backbone, spec["adapter"])
@@ -217,7 +217,7 @@ def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(spec: dict[str, Any]) -> dict[str, Any]:
     """A randomly initialised GPT-2 with the real vocabulary, saved as a model directory."""
-    from weibo_sentiment.tiny_models import build_gpt2
+    from tools.tiny_models import build_gpt2
 
     build_gpt2(spec["out"], n_embd=spec["width"], n_layer=spec["layers"], n_head=spec["heads"], n_positions=1024)
     return {}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from weibo_sentiment.tiny_models import build_bert, build_gpt2
+from tools.tiny_models import build_bert, build_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample" / "weibo_senti_4k.csv"
@@ -95,3 +96,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: str, train_csv:
 def plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests call the CLI with args=[...]; pytest's own argv would otherwise look like extra CLI arguments."""
     monkeypatch.setattr("sys.argv", ["main.py"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX exports made by the tests go to a folder of their own (subprocesses inherit it), not ~/.cache."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["WEIBO_SENTIMENT_CACHE"] = str(folder)
+    return folder

@@ -90,7 +90,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from weibo_sentiment.cli import SentimentCLI, main
 from weibo_sentiment.model import SentimentClassifier
-from weibo_sentiment.tiny_models import build_gpt2
+from tools.tiny_models import build_gpt2
 
 MAX_LENGTH = 128  # data.max_length of configs/quickstart.yaml
 

@@ -12,18 +12,16 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import real_rows, write_csv
-from weibo_sentiment.data import (
+from weibo_sentiment.data.batching import (
     LengthGroupedBatches,
     PadLabelled,
-    Post,
-    PostReader,
-    Tokenize,
     SortedPostBatches,
     TokenizedPosts,
-    WeiboDataModule,
-    read_labelled,
-    stratified_split,
+    padding_bounded_batches,
 )
+from weibo_sentiment.data.datamodule import WeiboDataModule
+from weibo_sentiment.data.readers import Post, PostReader, read_labelled, stratified_split
+from weibo_sentiment.data.tokenizer import Tokenize
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
@@ -143,13 +141,35 @@ def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gp
     assert batch["labels"].tolist() == [1, 0]
     assert len(dataset[2]["input_ids"]) == 128  # truncated
     predict = SortedPostBatches([], tokenize, tokenizer.pad_token_id, batch_size=2, window=8)
-    (predict_batch,) = predict.window_batches(posts[:2])
+    same_length = [Post("好"), Post("坏")]
+    (predict_batch,) = predict.window_batches(same_length)
     assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified", "positions", "window_end"}
-    assert predict_batch["input_ids"].tolist() == batch["input_ids"].tolist()
-    (blank,) = SortedPostBatches([], tokenize, tokenizer.pad_token_id, 3, 8).window_batches([Post(" "), Post("好"), Post("")])
-    assert blank["classified"].tolist() == [2] and len(blank["posts"]) == 3  # empty posts first, unclassified
-    assert blank["posts"][2] == Post("好") and sorted(blank["positions"]) == [0, 1, 2]
+    assert predict_batch["input_ids"].tolist() == tokenize([post.text for post in same_length])
+    # Posts of very different lengths are not padded to each other: each goes in its own batch, shortest first.
+    short, long = predict.window_batches(posts[:2])
+    assert short["input_ids"].tolist() == [dataset[0]["input_ids"]] and long["input_ids"].tolist() == [dataset[1]["input_ids"]]
+    assert (short["window_end"], long["window_end"]) == (False, True)
+    blank, text = SortedPostBatches([], tokenize, tokenizer.pad_token_id, 3, 8).window_batches([Post(" "), Post("好"), Post("")])
+    assert blank["classified"].tolist() == [] and len(blank["posts"]) == 2  # empty posts first, unclassified
+    assert text["posts"] == [Post("好")] and sorted(blank["positions"] + text["positions"]) == [0, 1, 2]
     assert next(predict.window_batches([Post("")]))["classified"].tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch_size", "expected"),
+    [
+        ([10, 10, 10, 10], 3, [[0, 1, 2], [3]]),  # equal lengths: cut by count alone
+        ([10, 10, 11, 40], 8, [[0, 1], [2], [3]]),  # 11 would pad 2 of 33 tokens (6 %): a new batch
+        ([20, 20, 20, 20, 21], 8, [[0, 1, 2, 3, 4]]),  # 21 pads 4 of 105 tokens (3.8 %): kept
+        ([0, 0, 5, 5], 8, [[0, 1], [2, 3]]),  # posts without text form their own batch
+    ],
+)
+def test_predict_batches_end_where_padding_would_pass_five_percent(lengths, batch_size, expected) -> None:
+    batches = padding_bounded_batches(range(len(lengths)), lengths, batch_size)
+    assert batches == expected
+    for members in batches:
+        longest = max(lengths[i] for i in members)
+        assert sum(longest - lengths[i] for i in members) <= 0.05 * longest * len(members)
 
 
 def test_datamodule_holds_out_the_same_validation_posts_for_fit_and_validate(tiny_gpt2: str, train_csv: Path) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import real_rows, write_csv
-from weibo_sentiment.data import LengthGroupedBatches, WeiboDataModule
+from weibo_sentiment.data.batching import LengthGroupedBatches
+from weibo_sentiment.data.datamodule import WeiboDataModule
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 

@@ -9,9 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from weibo_sentiment.callbacks import export_adapter
+from weibo_sentiment.checkpointing import export_adapter
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.model import SentimentClassifier, load_adapter, load_backbone
+from weibo_sentiment.backbone import load_adapter, load_backbone
+from weibo_sentiment.model import SentimentClassifier
 
 GPT2_LORA_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_proj")  # "c_proj" names both attention and MLP outputs
 
@@ -124,41 +125,3 @@ def test_an_adapter_for_another_base_is_a_clear_error(tiny_gpt2: str, tiny_bert:
     export_adapter(wider.model, tmp_path / "gpt2")
     with pytest.raises(UserError, match="does not fit the base model"):
         load_adapter(load_backbone(tiny_gpt2, 3), str(tmp_path / "gpt2"))  # a 3-label head
-
-
-def ready_to_predict(tiny_gpt2: str, **settings) -> tuple[SentimentClassifier, dict, torch.Tensor]:
-    """A model with trained-looking LoRA in eval mode, a predict batch and its unmerged fp32 probabilities."""
-    module = SentimentClassifier(tiny_gpt2, **settings)
-    randomize_trainable(module)
-    module.eval()
-    batch = {**sample_batch(), "posts": [None] * 3, "classified": torch.arange(3)}
-    with torch.inference_mode():
-        probabilities = module(batch["input_ids"], batch["attention_mask"]).softmax(-1)
-    return module, batch, probabilities
-
-
-def test_predict_merges_lora_into_the_base_weights_and_undoes_it_after(tiny_gpt2: str) -> None:
-    module, batch, unmerged = ready_to_predict(tiny_gpt2)
-    with torch.inference_mode():
-        module.on_predict_start()
-        lora_layers = [m for m in module.modules() if hasattr(m, "merged")]
-        assert lora_layers and all(layer.merged for layer in lora_layers)  # one matmul per layer, not three
-        merged = module.predict_step(batch, 0)
-        module.on_predict_end()
-    assert torch.allclose(merged, unmerged, atol=1e-5)
-    assert not any(layer.merged for layer in lora_layers)  # trainable again, checkpoints unchanged
-
-
-def test_int8_predict_quantises_every_linear_layer_and_agrees_with_fp32(tiny_gpt2: str) -> None:
-    module, batch, fp32 = ready_to_predict(tiny_gpt2, quantize="int8")
-    with torch.inference_mode():
-        module.on_predict_start()
-        int8 = module.predict_step(batch, 0)
-    quantized = {type(m).__name__ for m in module.int8_model.modules()}
-    assert "Conv1D" not in quantized and "Linear" in quantized and not any("Lora" in n for n in quantized)
-    assert {type(m).__module__ for m in module.int8_model.modules() if type(m).__name__ == "Linear"} == {
-        "torch.ao.nn.quantized.dynamic.modules.linear"
-    }
-    assert torch.allclose(int8, fp32, atol=0.05) and not torch.equal(int8, fp32)  # int8 arithmetic, close to fp32
-    module.on_predict_end()
-    assert module.int8_model is None

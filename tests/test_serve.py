@@ -46,8 +46,8 @@ def post(url: str, payload: object) -> tuple[int, dict | str]:
 def server(trained: dict, tiny_gpt2: str):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "weibo_sentiment.serve", "--config", QUICKSTART, "--model_name_or_path", tiny_gpt2,
-         "--ckpt_path", str(trained["best"]), "--port", str(port), "--max_texts", "64", "--max_chars", "500"],
+        [sys.executable, "-m", "weibo_sentiment.serve", "--config", QUICKSTART, "--model.model_name_or_path", tiny_gpt2,
+         "--ckpt_path", str(trained["best"]), "--serve.port", str(port), "--serve.max_texts", "64", "--serve.max_chars", "500"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -132,7 +132,7 @@ def test_a_text_longer_than_the_model_window_is_marked_truncated(server: dict) -
 
 def test_the_console_labels_piped_posts_until_q(trained: dict, tiny_gpt2: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "weibo_sentiment.console", "--config", QUICKSTART, "--model_name_or_path", tiny_gpt2,
+        [sys.executable, "-m", "weibo_sentiment.console", "--config", QUICKSTART, "--model.model_name_or_path", tiny_gpt2,
          "--ckpt_path", str(trained["best"])],
         input="好开心[哈哈]\n\n   \n今天真倒霉[泪]\nq\n没读到\n", cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
@@ -147,7 +147,7 @@ def test_the_console_labels_piped_posts_until_q(trained: dict, tiny_gpt2: str) -
 def test_the_console_and_server_refuse_a_missing_checkpoint_in_one_line(tiny_gpt2: str, tmp_path: Path) -> None:
     for module in ("weibo_sentiment.console", "weibo_sentiment.serve"):
         result = subprocess.run(
-            [sys.executable, "-m", module, "--config", QUICKSTART, "--model_name_or_path", tiny_gpt2,
+            [sys.executable, "-m", module, "--config", QUICKSTART, "--model.model_name_or_path", tiny_gpt2,
              "--ckpt_path", str(tmp_path / "none.ckpt")],
             cwd=REPO, capture_output=True, text=True, input="",
         )  # fmt: skip
@@ -159,7 +159,7 @@ def test_an_unknown_serve_setting_is_one_line(tiny_gpt2: str, trained: dict, tmp
     config = tmp_path / "config.yaml"
     config.write_text((REPO / "configs" / "quickstart.yaml").read_text(encoding="utf-8") + "  prot: 8001\n", "utf-8")
     result = subprocess.run([sys.executable, "-m", "weibo_sentiment.serve", "--config", str(config),
-                             "--model_name_or_path", tiny_gpt2, "--ckpt_path", str(trained["best"])],
+                             "--model.model_name_or_path", tiny_gpt2, "--ckpt_path", str(trained["best"])],
                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "prot" in result.stderr

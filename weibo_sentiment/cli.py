@@ -1,8 +1,9 @@
-"""The command line: ``fit``, ``validate``, ``test`` and ``predict`` through LightningCLI.
+"""The command line: ``fit``, ``validate``, ``test`` and ``predict`` through LightningCLI, and ``export``.
 
     python main.py fit --config configs/quickstart.yaml
     python main.py predict --config configs/quickstart.yaml --ckpt_path last \
         --data.predict_path data/sample/posts.csv --predict_writer.output_path predictions.csv
+    python main.py export --config configs/quickstart.yaml --ckpt_path last --output_dir exported --quantize int8
 
 This is the one place that turns a user mistake into one line on stderr and a non-zero exit.
 """
@@ -17,20 +18,22 @@ from typing import Any, Optional
 
 import transformers
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from weibo_sentiment.callbacks import AdapterCheckpoint, AtomicCheckpointIO, EvaluationReport, PredictionWriter
-from weibo_sentiment.data import WeiboDataModule
+from weibo_sentiment.backbone import checkpoint_architecture, find_last_checkpoint, read_checkpoint
+from weibo_sentiment.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
+from weibo_sentiment.config import LAST, ServeSettings, link_data_to_model
+from weibo_sentiment.data.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
-from weibo_sentiment.inference import checkpoint_architecture, read_checkpoint
+from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
 from weibo_sentiment.model import SentimentClassifier
-from weibo_sentiment.serve import ServeSettings
-
-LAST = "last"
+from weibo_sentiment.prediction_writer import PredictionWriter
+from weibo_sentiment.reports import EvaluationReport
 
 # Library noise that says nothing to a user of this tool (each checked: harmless here).
 for _message in (
@@ -41,18 +44,6 @@ for _message in (
     ".*your dataloader is not resumable",  # WeiboDataModule.state_dict records the position within the epoch
 ):
     warnings.filterwarnings("ignore", message=_message)
-
-
-def find_last_checkpoint(root_dir: Path, checkpoint_dir: Optional[str]) -> Path:
-    """The newest ``last*.ckpt``: in ``checkpoint.dirpath`` if set, else in any ``lightning_logs/version_*`` run."""
-    pattern_root = Path(checkpoint_dir) if checkpoint_dir else root_dir / "lightning_logs"
-    # A run writing where a last.ckpt already stands names its own last-v1.ckpt, last-v2.ckpt, ...
-    pattern = "last*.ckpt" if checkpoint_dir else "*/checkpoints/last*.ckpt"
-    candidates = list(pattern_root.glob(pattern))
-    candidates = [path for path in candidates if path.is_file()]
-    if not candidates:
-        raise UserError(f"--ckpt_path last: no last.ckpt under {pattern_root}; give a checkpoint file's path instead")
-    return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
 class SentimentCLI(LightningCLI):
@@ -75,9 +66,7 @@ class SentimentCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # The backbone is named once; the data module tokenizes with that backbone's tokenizer.
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
-        parser.link_arguments("model.num_labels", "data.num_labels")
+        link_data_to_model(parser)
         parser.add_lightning_class_args(AdapterCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -129,6 +118,7 @@ class SentimentCLI(LightningCLI):
     def _check_data(self, stage: str) -> None:
         """Check the checkpoint's tensors and read the data before the trainer makes a run folder, so a mistake in
         either leaves no half-made run behind."""
+        self.model.check_stage(stage)
         if self._checkpoint is not None:
             path, checkpoint = self._checkpoint
             try:
@@ -149,6 +139,9 @@ class SentimentCLI(LightningCLI):
     def before_fit(self) -> None:
         """Resuming a run from its own folder continues that folder (same TensorBoard run, same best-k bookkeeping)."""
         self._check_data("fit")
+        if "bf16" in str(self.trainer.precision) and isinstance(self.trainer.accelerator, CPUAccelerator):
+            if not native_bf16():
+                warn_bf16_emulated()
         ckpt_path = self.config.fit.get("ckpt_path")
         logger = self.trainer.logger
         if not ckpt_path or not isinstance(logger, TensorBoardLogger) or self.config.fit.checkpoint.dirpath:
@@ -182,8 +175,14 @@ def quiet_libraries() -> None:
 
 
 def main(args: Any = None) -> None:
-    """Entry point of ``main.py`` and the ``weibo-sentiment`` console script."""
+    """Entry point of ``main.py`` and the ``weibo-sentiment`` console script; ``export`` is ``weibo_sentiment.export``."""
     quiet_libraries()
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        from weibo_sentiment.export import main as export
+
+        export(argv[1:])
+        return
     with exit_on_user_error():
         try:
             SentimentCLI(args=args)

@@ -1,18 +1,18 @@
 """An interactive console: type a post, read its sentiment and confidence; the model is loaded once.
 
-    python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last.ckpt
-    echo 好开心[哈哈] | python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last.ckpt
+    python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last
+    echo 好开心[哈哈] | python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last
 
 One post per line; ``q``, ``quit`` or the end of input leaves. Works on a terminal and on piped input.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from weibo_sentiment.config import inference_parser
 from weibo_sentiment.errors import exit_on_user_error
-from weibo_sentiment.inference import add_model_arguments, predictor_from_arguments
+from weibo_sentiment.predictor import load_predictor
 
 QUIT = {"q", "quit"}
 
@@ -26,11 +26,9 @@ def describe(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
-    args = parser.parse_args(argv)
+    parser = inference_parser(__doc__.splitlines()[0])
     with exit_on_user_error():
-        predictor = predictor_from_arguments(args)
+        predictor = load_predictor(parser, parser.parse_args(argv))
     interactive = sys.stdin.isatty()
     if interactive:
         print("Type a Weibo post and press Enter (q to quit).")

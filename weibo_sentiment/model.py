@@ -2,20 +2,20 @@
 
 Checkpoints hold only the trainable tensors (the LoRA matrices and the classification head) plus the training
 state; the frozen backbone is loaded from ``model_name_or_path`` each time ("resume from a partial checkpoint").
+Prediction labels through the inference engine (``weibo_sentiment.engine``), as the API and the console do.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import warnings
 from collections import OrderedDict
 from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from lightning.pytorch.utilities import rank_zero_info
+from peft import get_peft_model
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -23,69 +23,11 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassPrecisionRecallCurve,
 )
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, get_linear_schedule_with_warmup
-from transformers.pytorch_utils import Conv1D
+from transformers import get_linear_schedule_with_warmup
 
-from weibo_sentiment.data import load_tokenizer
-from weibo_sentiment.errors import UserError, explain_load_error, first_line
-from weibo_sentiment.quantize import quantize_int8
-
-ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
-"""Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
-
-
-def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
-    """``AutoModelForSequenceClassification`` from a hub id or a directory, padding with the tokenizer's pad id.
-
-    The Chinese GPT-2's config carries GPT-2's bos/eos 50256, outside its 21,128-token vocab, so the pad id must
-    come from the tokenizer (``[PAD]`` = 0), never from eos. Sequence classification pools the last non-pad token.
-    """
-    pad_token_id = load_tokenizer(name_or_path).pad_token_id
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32
-        )
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the base model {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
-
-
-def lora_config(backbone: torch.nn.Module, target_modules: list[str], r: int, alpha: int, dropout: float) -> LoraConfig:
-    """LoRA on ``target_modules`` with the classification head trained and saved (peft's ``SEQ_CLS`` task)."""
-    targets = [module for name, module in backbone.named_modules() if name.rsplit(".", 1)[-1] in target_modules]
-    if not targets:
-        raise UserError(
-            f"none of model.target_modules {target_modules} is a layer of the base model "
-            f"({type(backbone).__name__}); e.g. GPT-2: [c_attn, c_proj], BERT: [query, key, value]"
-        )
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        # GPT-2's attention and MLP layers are transformers' Conv1D, which stores weights transposed.
-        fan_in_fan_out=any(isinstance(module, Conv1D) for module in targets),
-    )
-
-
-def load_adapter(backbone: PreTrainedModel, adapter_path: str) -> PeftModel:
-    """A saved peft adapter directory (ours or another peft script's for the same base) on ``backbone``."""
-    if not os.path.isfile(os.path.join(adapter_path, "adapter_config.json")):
-        raise UserError(f"{adapter_path}: not an adapter directory (no adapter_config.json)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model = PeftModel.from_pretrained(backbone, adapter_path, is_trainable=True)
-        except (RuntimeError, ValueError, KeyError, OSError) as err:
-            # peft's message starts "Error(s) in loading state_dict ...:"; the line that says which tensor does not fit
-            # comes after it.
-            detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), first_line(err))
-            raise UserError(f"{adapter_path}: the adapter does not fit the base model ({detail}); "
-                            "was it saved for another base model?") from None
-    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message).lower()]
-    if missing:
-        raise UserError(f"{adapter_path}: the adapter does not fit the base model: {first_line(Exception(missing[0]))}")
-    return model
+from weibo_sentiment.backbone import check_trainable_tensors, load_adapter, load_backbone, lora_config
+from weibo_sentiment.engine import Engine, build_engine, choose_mode, exported_engine, is_exported, read_manifest
+from weibo_sentiment.errors import UserError
 
 
 class SentimentClassifier(LightningModule):
@@ -104,11 +46,13 @@ class SentimentClassifier(LightningModule):
         adam_epsilon: float = 1e-8,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        runtime: Optional[Literal["torch", "onnxruntime"]] = None,
         quantize: Optional[Literal["int8"]] = None,
     ) -> None:
         """
         Args:
-            model_name_or_path: the backbone: a hub id or a local model directory.
+            model_name_or_path: the backbone: a hub id or a local model directory; for ``predict``, also a directory
+                written by ``weibo_sentiment.export`` (ONNX, no base model needed).
             adapter_path: start from a saved peft adapter directory instead of a fresh LoRA (its own config wins).
             num_labels: number of classes (2: 0 = negative, 1 = positive).
             lora_r: LoRA rank.
@@ -119,14 +63,25 @@ class SentimentClassifier(LightningModule):
             adam_epsilon: AdamW epsilon.
             weight_decay: AdamW weight decay (torch's default).
             warmup_ratio: share of all training steps spent warming the learning rate up linearly from 0.
-            quantize: ``int8``: predict with the linear layers dynamically quantised to int8 (CPU only; faster,
-                labels agreed with fp32 on 99.8 % of posts in the README's test); default: fp32.
+            runtime: what predicts: ``torch`` or ``onnxruntime`` (CPU; the model exported to ONNX once and cached,
+                same results as torch fp32 to ~1e-6, faster); default: onnxruntime for int8 and exported models,
+                else torch. The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
+            quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with
+                fp32 on ~99.9 % of posts, README Speed); default: none.
         """
         super().__init__()
         self.save_hyperparameters()
         # Checkpoints hold only the trainable tensors: load them onto the freshly loaded backbone non-strictly,
         # after on_load_checkpoint has checked that they are exactly the ones this model expects.
         self.strict_loading = False
+        self.exported_dir = model_name_or_path if is_exported(model_name_or_path) else None
+        self.engine: Optional[Engine] = None  # set for the length of a predict run
+        if self.exported_dir is not None:
+            # An exported model predicts through its ONNX file alone; there is no backbone to train or evaluate.
+            self.model = None
+            self.hparams.num_labels = num_labels = read_manifest(model_name_or_path)["num_labels"]
+            self._add_metrics(num_labels)
+            return
         backbone = load_backbone(model_name_or_path, num_labels)
         # from_pretrained returns eval mode, and Lightning keeps modules' modes: train with the backbone's dropout on,
         # as the reference recipe does; validation and prediction switch to eval mode as usual.
@@ -137,6 +92,9 @@ class SentimentClassifier(LightningModule):
             self.model = get_peft_model(
                 backbone, lora_config(backbone, target_modules, lora_r, lora_alpha, lora_dropout)
             )
+        self._add_metrics(num_labels)
+
+    def _add_metrics(self, num_labels: int) -> None:
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
@@ -155,7 +113,6 @@ class SentimentClassifier(LightningModule):
         self.val_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
         self.test_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
         self.evaluation_probabilities: list[torch.Tensor] = []  # this evaluation's, in dataloader order
-        self.int8_model: Optional[torch.nn.Module] = None  # the quantised copy that predicts with quantize=int8
 
     # ---- what a checkpoint holds -------------------------------------------------------------------------
     def trainable_keys(self) -> set[str]:
@@ -169,25 +126,17 @@ class SentimentClassifier(LightningModule):
         return OrderedDict((key, value) for key, value in full.items() if key[len(prefix) :] in keep)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.exported_dir is not None:
+            raise UserError(f"{self.exported_dir} is an exported model, which holds its trained weights already: "
+                            "predict from it without a checkpoint")
         expected = {key: value.shape for key, value in self.state_dict().items()}
-        found = checkpoint.get("state_dict") or {}
-        missing = sorted(expected.keys() - found.keys())
-        unexpected = sorted(found.keys() - expected.keys())
-        reshaped = sorted(k for k in expected.keys() & found.keys() if tuple(found[k].shape) != tuple(expected[k]))
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unknown tensors (e.g. {unexpected[0]})")
-        if reshaped:
-            key = reshaped[0]
-            problems.append(f"{len(reshaped)} of another shape (e.g. {key}: {tuple(found[key].shape)} in the file, "
-                            f"{tuple(expected[key])} here)")
-        if problems:
-            raise UserError(
-                f"the checkpoint does not fit base model {self.hparams.model_name_or_path!r} with this LoRA setup: "
-                f"{'; '.join(problems)}. Was it trained on another base model, num_labels or lora_r?"
-            )
+        check_trainable_tensors(expected, checkpoint.get("state_dict") or {}, self.hparams.model_name_or_path)
+
+    def check_stage(self, stage: str) -> None:
+        """An exported model can only predict; say so before any work or run folder."""
+        if self.exported_dir is not None and stage != "predict":
+            raise UserError(f"{self.exported_dir} is an exported model (ONNX) for prediction only: to {stage}, use the "
+                            "base model (--model.model_name_or_path) with a checkpoint or adapter")
 
     # ---- training and evaluation -------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -258,27 +207,30 @@ class SentimentClassifier(LightningModule):
             mean = (self.val_metrics["f1"].compute() + self.val_f1_text.compute()) / 2
             self.log("val_f1_mean", mean, prog_bar=True, sync_dist=True)  # equal on every rank already
 
+    # ---- prediction, through the inference engine ---------------------------------------------------------------
+    def inference_engine(self, precision: str = "32-true") -> Engine:
+        """The engine that labels for this model in its ``runtime``/``quantize`` and the given precision."""
+        mode = choose_mode(self.hparams.runtime, precision, self.hparams.quantize, self.device.type,
+                           exported=self.exported_dir is not None)  # fmt: skip
+        if self.exported_dir is not None:
+            return exported_engine(self.exported_dir, mode)
+        return build_engine(self.model, mode, self.hparams.model_name_or_path)
+
     def on_predict_start(self) -> None:
-        if self.hparams.quantize == "int8":
-            if self.device.type != "cpu":
-                raise UserError("model.quantize int8 runs on CPU only: drop it, or predict with --trainer.accelerator cpu")
-            self.int8_model = quantize_int8(copy.deepcopy(self.model).merge_and_unload())
-        else:
-            # LoRA folded into the base weights: one matrix product per layer instead of three (undone at the end).
-            self.model.merge_adapter()
+        self.engine = self.inference_engine(str(self.trainer.precision))
+        rank_zero_info(f"Labelling with {self.engine.mode}")
 
     def on_predict_end(self) -> None:
-        if self.int8_model is None:
-            self.model.unmerge_adapter()
-        self.int8_model = None
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities, one row per post (NaN for posts without text); the writer makes rows of them."""
         probabilities = torch.full((len(batch["posts"]), self.hparams.num_labels), float("nan"), device=self.device)
         if len(batch["classified"]):
-            model = self.int8_model if self.int8_model is not None else self.model
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            probabilities[batch["classified"]] = logits.softmax(dim=-1).to(probabilities.dtype)
+            computed = self.engine(batch["input_ids"], batch["attention_mask"])
+            probabilities[batch["classified"]] = computed.to(probabilities.device)
         return probabilities
 
     def configure_optimizers(self) -> dict[str, Any]:

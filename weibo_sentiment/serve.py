@@ -1,18 +1,18 @@
 """The HTTP sentiment API, served by LitServe (request batching, worker processes, a health endpoint).
 
-    python -m weibo_sentiment.serve --config configs/quickstart.yaml --ckpt_path last.ckpt --port 8000
+    python -m weibo_sentiment.serve --config configs/quickstart.yaml --ckpt_path last --serve.port 8000
     curl -s localhost:8000/api/sentiment -H 'Content-Type: application/json' -d '{"text": "好开心[哈哈]"}'
 
 ``POST /api/sentiment`` takes ``{"text": "..."}`` or ``{"texts": [...]}``; ``GET /health`` answers ``ok`` once the
 model is loaded. Requests that arrive together (up to ``max_batch_size`` of them, waiting at most
-``batch_timeout`` seconds) share one forward pass. Settings come from the config's ``serve:`` section, then flags.
+``batch_timeout`` seconds) share one forward pass. Settings come from the config's ``serve:`` section, then flags
+(``--serve.port 8001``); the model from its ``model:`` and ``data:`` sections, as for ``main.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+import sys
 from typing import Any
 
 import litserve as ls
@@ -20,23 +20,11 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from weibo_sentiment.errors import UserError, exit_on_user_error
-from weibo_sentiment.inference import SentimentPredictor, add_model_arguments, predictor_from_arguments, read_config
+from weibo_sentiment.config import ServeSettings, inference_parser
+from weibo_sentiment.errors import exit_on_user_error
+from weibo_sentiment.predictor import SentimentPredictor, load_predictor
 
 API_PATH = "/api/sentiment"
-
-
-@dataclass
-class ServeSettings:
-    """The HTTP API's settings (the ``serve:`` section of a config)."""
-
-    host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 to serve other machines
-    port: int = 8000
-    max_batch_size: int = 32  # requests answered by one forward pass at most
-    batch_timeout: float = 0.01  # seconds a request may wait for others to share its forward pass
-    workers: int = 1  # model worker processes
-    max_texts: int = 256  # texts per request at most
-    max_chars: int = 10_000  # characters per text at most (longer: rejected; the model reads 128 tokens)
 
 
 def checked_texts(request: Any, settings: ServeSettings) -> tuple[list[str], bool]:
@@ -63,13 +51,14 @@ def checked_texts(request: Any, settings: ServeSettings) -> tuple[list[str], boo
 class SentimentAPI(ls.LitAPI):
     """Validates requests, labels all texts of a batch of requests in one forward pass, and shapes the answers."""
 
-    def __init__(self, model_args: argparse.Namespace, settings: ServeSettings) -> None:
+    def __init__(self, argv: list[str], settings: ServeSettings) -> None:
         super().__init__(max_batch_size=settings.max_batch_size, batch_timeout=settings.batch_timeout, api_path=API_PATH)
-        self.model_args = model_args
+        self.argv = argv  # each worker process parses the same arguments and loads its own model
         self.settings = settings
 
     def setup(self, device: str) -> None:
-        self.predictor: SentimentPredictor = predictor_from_arguments(self.model_args, device)
+        parser = api_parser()
+        self.predictor: SentimentPredictor = load_predictor(parser, parser.parse_args(self.argv), device)
 
     def decode_request(self, request) -> tuple[list[str], bool]:  # noqa: ANN001 - unannotated: LitServe passes the JSON body
         return checked_texts(request, self.settings)
@@ -112,31 +101,21 @@ class RejectNonJson(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def settings_from(config: dict[str, Any], args: argparse.Namespace) -> ServeSettings:
-    section = config.get("serve") or {}
-    known = {field.name for field in fields(ServeSettings)}
-    if not isinstance(section, dict) or set(section) - known:
-        unknown = ", ".join(sorted(set(section) - known)) if isinstance(section, dict) else "not a mapping"
-        raise UserError(f"{args.config}: serve section: {unknown} (known: {', '.join(sorted(known))})")
-    settings = ServeSettings(**section)
-    for field in fields(ServeSettings):
-        if getattr(args, field.name) is not None:
-            setattr(settings, field.name, getattr(args, field.name))
-    return settings
+def api_parser():  # noqa: ANN201 - jsonargparse's ArgumentParser
+    return inference_parser(__doc__.splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
-    for field in fields(ServeSettings):
-        parser.add_argument(f"--{field.name}", type=type(field.default),
-                            help=f"default: {field.default} (or the config's serve.{field.name})")  # fmt: skip
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = api_parser()
     with exit_on_user_error():
-        settings = settings_from(read_config(args.config), args)
-        predictor_from_arguments(args)  # load once here, so a bad path or model fails with one line before serving
-    print(f"serving {API_PATH} on http://{settings.host}:{settings.port} with {asdict(settings)}", flush=True)
-    server = ls.LitServer(SentimentAPI(args, settings), accelerator="auto", workers_per_device=settings.workers,
+        config = parser.parse_args(argv)
+        settings = ServeSettings(**vars(config.serve))
+        # Load once here, so that a bad path or model fails in one line before serving (and an ONNX export is cached
+        # for the workers); the workers load their own.
+        mode = load_predictor(parser, config).engine.mode
+    print(f"serving {API_PATH} on http://{settings.host}:{settings.port} ({mode}) with {vars(config.serve)}", flush=True)
+    server = ls.LitServer(SentimentAPI(argv, settings), accelerator="auto", workers_per_device=settings.workers,
                           middlewares=[RejectNonJson])  # fmt: skip
     server.run(host=settings.host, port=settings.port, generate_client_file=False)
 

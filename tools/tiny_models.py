@@ -4,13 +4,13 @@ They are saved as ordinary model directories, so the code under test loads them 
 same ``from_pretrained`` path as ``uer/gpt2-chinese-cluecorpussmall``. Used by the tests and the
 offline quickstart, whose ``assets/tiny-gpt2-chinese`` was made (18 minutes on 2 cores) with::
 
-    python -m weibo_sentiment.tiny_models gpt2 assets/tiny-gpt2-chinese --fp16 \
+    python -m tools.tiny_models gpt2 assets/tiny-gpt2-chinese --fp16 \
         --pretrain-on ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv \
         --exclude data/sample/weibo_senti_4k.csv data/sample/posts.csv
 
 and a randomly initialised model of the real one's full shape::
 
-    python -m weibo_sentiment.tiny_models gpt2 /tmp/gpt2-full-shape --width 768 --layers 12 --heads 12 --positions 1024
+    python -m tools.tiny_models gpt2 /tmp/gpt2-full-shape --width 768 --layers 12 --heads 12 --positions 1024
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def pretrain_gpt2(model_dir: str | Path, texts: list[str], epochs: int = 1, batc
     A randomly initialised backbone gives LoRA little to adapt; a few minutes of language modelling give the
     quickstart model real token embeddings, the way the real model's pre-training does at scale.
     """
-    from weibo_sentiment.data import pad_to_longest
+    from weibo_sentiment.data.tokenizer import pad_to_longest
 
     model_dir = str(model_dir)
     tokenizer = BertTokenizer.from_pretrained(model_dir)
@@ -136,7 +136,7 @@ def main() -> None:
         build_gpt2(args.out_dir, n_embd=args.width, n_layer=args.layers, n_head=args.heads, n_positions=args.positions,
                    dtype=dtype)
         if args.pretrain_on:
-            from weibo_sentiment.data import PostReader
+            from weibo_sentiment.data.readers import PostReader
 
             excluded = {post.text for path in args.exclude for post in PostReader(path)}
             texts = [post.text for post in PostReader(args.pretrain_on) if post.text not in excluded]

@@ -1,0 +1,130 @@
+"""The inference engine: every runtime and precision labels the same batch, LoRA merged, the ONNX export cached."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from test_model import randomize_trainable, sample_batch
+from weibo_sentiment import engine as engine_module
+from weibo_sentiment.engine import InferenceMode, choose_mode, model_fingerprint
+from weibo_sentiment.errors import UserError
+from weibo_sentiment.model import SentimentClassifier
+
+
+@pytest.fixture(scope="module")
+def trained_looking(tiny_gpt2: str) -> tuple[SentimentClassifier, dict, torch.Tensor]:
+    """A model with trained-looking LoRA, a batch with a padded row, and its unmerged eager fp32 probabilities."""
+    module = SentimentClassifier(tiny_gpt2)
+    randomize_trainable(module)
+    batch = sample_batch()
+    module.eval()
+    with torch.inference_mode():
+        probabilities = module(batch["input_ids"], batch["attention_mask"]).softmax(-1)
+    module.train()
+    return module, batch, probabilities
+
+
+def label(module: SentimentClassifier, batch: dict, precision: str = "32-true", **settings) -> tuple[torch.Tensor, object]:
+    """The probabilities of ``batch`` from the engine of ``module`` in the given mode (engine closed after)."""
+    module.hparams.update({"runtime": None, "quantize": None, **settings})
+    engine = module.inference_engine(precision)
+    try:
+        return engine(batch["input_ids"], batch["attention_mask"]), engine
+    finally:
+        engine.close()
+
+
+def test_torch_engine_merges_lora_into_the_base_weights_and_undoes_it_on_close(trained_looking) -> None:
+    module, batch, unmerged = trained_looking
+    module.hparams.update({"runtime": "torch", "quantize": None})
+    engine = module.inference_engine()
+    lora_layers = [m for m in module.modules() if hasattr(m, "merged")]
+    assert lora_layers and all(layer.merged for layer in lora_layers)  # one matmul per layer, not three
+    assert not module.model.training  # dropout off while labelling
+    merged = engine(batch["input_ids"], batch["attention_mask"])
+    engine.close()
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not any(layer.merged for layer in lora_layers)  # trainable again, checkpoints unchanged
+    assert module.model.training  # the mode it had before
+
+
+def test_onnxruntime_fp32_equals_torch_fp32(trained_looking) -> None:
+    module, batch, unmerged = trained_looking
+    probabilities, engine = label(module, batch, runtime="onnxruntime")
+    assert str(engine.mode) == "onnxruntime fp32"
+    assert torch.allclose(probabilities, unmerged, atol=1e-5)
+    assert module.model.training and not any(m.merged for m in module.modules() if hasattr(m, "merged"))
+
+
+def test_int8_runs_on_onnxruntime_with_quantised_matrix_products(trained_looking) -> None:
+    module, batch, fp32 = trained_looking
+    int8, engine = label(module, batch, quantize="int8")  # runtime unset: int8 picks onnxruntime
+    assert str(engine.mode) == "onnxruntime int8" and engine.path.name == "model.int8.onnx"
+    operators = {node.op_type for node in onnx.load(str(engine.path)).graph.node}
+    assert "DynamicQuantizeLinear" in operators and operators & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert torch.allclose(int8, fp32, atol=0.05) and not torch.equal(int8, fp32)  # int8 arithmetic, close to fp32
+
+
+def test_bf16_autocast_stays_close_to_fp32(trained_looking) -> None:
+    module, batch, fp32 = trained_looking
+    bf16, engine = label(module, batch, precision="bf16-mixed")
+    assert str(engine.mode) == "torch bf16"
+    assert torch.allclose(bf16, fp32, atol=0.05)
+
+
+def test_the_onnx_export_is_cached_by_trained_weights_and_base_model(trained_looking, onnx_cache: Path) -> None:
+    module, batch, _ = trained_looking
+    _, first = label(module, batch, runtime="onnxruntime")
+    exported_at = first.path.stat().st_mtime_ns
+    _, again = label(module, batch, runtime="onnxruntime")
+    assert again.path == first.path and again.path.stat().st_mtime_ns == exported_at  # taken from the cache
+    assert again.path.parent.parent == onnx_cache
+    before = model_fingerprint(module.model, module.hparams.model_name_or_path)
+    with torch.no_grad():
+        next(p for n, p in module.named_parameters() if "lora_B" in n).add_(0.01)
+    assert model_fingerprint(module.model, module.hparams.model_name_or_path) != before  # other weights, other entry
+    with torch.no_grad():
+        next(p for n, p in module.named_parameters() if "lora_B" in n).sub_(0.01)
+
+
+def test_engine_cache_keeps_a_bounded_number_of_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in range(engine_module.CACHE_ENTRIES_KEPT + 2):
+        (tmp_path / f"entry{number}").mkdir()
+    engine_module._evict(tmp_path, keep=engine_module.CACHE_ENTRIES_KEPT)
+    assert len(list(tmp_path.iterdir())) == engine_module.CACHE_ENTRIES_KEPT
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"runtime": "torch", "quantize": "int8"}, "int8 runs on onnxruntime"),
+        ({"runtime": "onnxruntime", "precision": "bf16-mixed"}, "not bf16"),
+        ({"runtime": "onnxruntime", "device_type": "cuda"}, "runs on the CPU"),
+        ({"runtime": "torch", "exported": True}, "an exported model runs on onnxruntime"),
+        ({"quantize": "int4"}, "the one quantisation offered is int8"),
+    ],
+)
+def test_modes_that_cannot_work_are_one_clear_error(settings: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        choose_mode(**settings)
+
+
+def test_runtime_defaults_to_torch_and_to_onnxruntime_for_int8_and_exported_models() -> None:
+    assert choose_mode() == InferenceMode("torch", "32-true", None)
+    assert choose_mode(quantize="int8").runtime == "onnxruntime"
+    assert choose_mode(exported=True).runtime == "onnxruntime"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated and runs slower than fp32"):
+        choose_mode(precision="bf16-mixed")
+    monkeypatch.setattr(engine_module, "native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_mode(precision="bf16-mixed")

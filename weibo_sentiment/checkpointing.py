@@ -1,0 +1,119 @@
+"""Checkpointing: adapter-only checkpoints written atomically and read weights-only, ``last.ckpt`` kept current
+for resuming, and each new best model exported as a peft adapter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from weibo_sentiment.atomic_files import staged_directory, staging_file
+
+
+def export_adapter(peft_model: Any, out_dir: Path) -> None:
+    """Save a peft model's adapter (``adapter_config.json`` + ``adapter_model.safetensors``) to ``out_dir``, atomically.
+
+    The folder is written beside the target and swapped in, so ``out_dir`` always holds one complete adapter.
+    """
+    with staged_directory(out_dir) as staging:
+        peft_model.save_pretrained(str(staging))
+
+
+class AdapterCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder.
+
+    The adapter lands in ``<run folder>/adapter`` (beside ``checkpoints/``), loadable with plain
+    ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``.
+    """
+
+    def __init__(
+        self, *args: Any, adapter_dirname: str = "adapter", last_every_n_train_steps: int = 200, **kwargs: Any
+    ) -> None:
+        """
+        Args:
+            adapter_dirname: name of the adapter folder, beside the checkpoint folder.
+            last_every_n_train_steps: also write ``last.ckpt`` every this many optimizer steps (with ``save_last``),
+                so a crash loses at most that much work; 0: only after each validation.
+            *args, **kwargs: as for ``ModelCheckpoint``.
+        """
+        super().__init__(*args, **kwargs)
+        self.adapter_dirname = adapter_dirname
+        self.last_every_n_train_steps = last_every_n_train_steps
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.dirpath).parent / self.adapter_dirname
+
+    # Lightning 2.6 writes last.ckpt only when a top-k checkpoint was saved at the same step, so with save_top_k=1
+    # a run whose score stops improving would resume from its best epoch, not its last. Write it after every
+    # validation (or training epoch, whichever Lightning checkpoints on), as `save_last` promises.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = self.last_every_n_train_steps
+        if every and trainer.global_step % every == 0 and self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            # A save records its step, and ModelCheckpoint skips any later save at that step; this one must not
+            # keep a validation at the same step from choosing the best checkpoint.
+            saved_step = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = saved_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # ModelCheckpoint funnels every save (top-k, last, on exception) through here; a new best has just been
+        # recorded in best_model_path when the file being saved is that one, and the module holds its weights.
+        super()._save_checkpoint(trainer, filepath)
+        if filepath == self.best_model_path and trainer.is_global_zero:
+            export_adapter(trainer.lightning_module.model, self.adapter_dir)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written whole or not at all, and read without unpickling code.
+
+    Each checkpoint goes to a temporary file beside its target, is flushed to disk and renamed over the target: a
+    kill mid-save leaves the previous ``last.ckpt`` intact. (Lightning stages a save in the system's temporary
+    folder; when that is another file system, the final move is a copy, which a kill can cut short.) Files are
+    loaded with ``weights_only=True``: tensors and plain values only, never arbitrary pickled objects.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        file, staging = staging_file(path, ".tmp", "wb")
+        try:
+            with file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staging, path)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location or (lambda storage, _: storage), weights_only=True)
+
+

@@ -1,0 +1,186 @@
+"""Files to posts: CSV, TSV, JSONL, plain text and standard input, read as a stream.
+
+Every file problem (missing file, wrong column, bad label, wrong encoding) is found here and reported as a
+:class:`UserError` naming the file and line; nothing downstream parses files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from weibo_sentiment.errors import UserError
+
+STDIN = "-"
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
+DELIMITER = {"csv": ",", "tsv": "\t"}
+# Posts are short, but one pasted article must not stop a run: allow fields far longer than csv's 128 KiB default.
+csv.field_size_limit(64 * 1024 * 1024)
+
+
+class Post(NamedTuple):
+    """One record of an input file: the text, its label when the file has one, and its id when it has one."""
+
+    text: str
+    label: Optional[int] = None
+    id: Optional[str] = None
+
+
+def detect_format(path: str, fmt: Optional[str] = None) -> str:
+    """The file format: ``fmt`` when given, else from the suffix; standard input is plain text unless told."""
+    if fmt is not None:
+        if fmt not in DELIMITER and fmt not in ("jsonl", "txt"):
+            raise UserError(f"unknown format {fmt!r} for {path}: use csv, tsv, jsonl or txt")
+        return fmt
+    if path == STDIN:
+        return "txt"
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMAT_BY_SUFFIX:
+        raise UserError(f"{path}: cannot tell the format from the suffix {suffix!r}; name the file .csv, .tsv, .jsonl or .txt")
+    return FORMAT_BY_SUFFIX[suffix]
+
+
+class PostReader:
+    """Streams :class:`Post` records from a CSV/TSV/JSONL/plain-text file or standard input (``-``).
+
+    Files are read as UTF-8 (a leading BOM and CRLF line ends are fine). CSV/TSV need a header row; JSONL needs one
+    object per line. Plain text is one post per line, blank lines skipped. With ``label_column`` set, every record
+    must carry a label in ``0 .. num_labels-1``. Memory stays constant whatever the file's size.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        text_column: str = "review",
+        label_column: Optional[str] = None,
+        id_column: Optional[str] = "id",
+        fmt: Optional[str] = None,
+        num_labels: int = 2,
+    ) -> None:
+        self.path = str(path)
+        if self.path != STDIN:
+            file = Path(self.path)
+            if not file.exists():
+                raise UserError(f"{self.path}: no such file")
+            if file.is_dir():
+                raise UserError(f"{self.path}: is a directory, not a file")
+        self.fmt = detect_format(self.path, fmt)
+        self.text_column = text_column
+        self.label_column = label_column
+        self.id_column = id_column
+        self.num_labels = num_labels
+        if self.label_column is not None and self.fmt == "txt":
+            raise UserError(f"{self.path}: labelled data needs a CSV, TSV or JSONL file with a {label_column!r} column")
+
+    def __iter__(self) -> Iterator[Post]:
+        with self._open() as stream:
+            records = self._records(stream)
+            try:
+                yield from records
+            except UnicodeDecodeError as err:
+                raise UserError(f"{self.path}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+            except csv.Error as err:
+                raise UserError(f"{self.path}: malformed CSV ({err})") from None
+
+    @contextmanager
+    def _open(self) -> Iterator[io.TextIOBase]:
+        if self.path == STDIN:
+            stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+            try:
+                yield stream
+            finally:
+                stream.detach()  # leave standard input open for whoever reads it next
+            return
+        try:
+            stream = open(self.path, encoding="utf-8-sig", newline="")
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot open ({err.strerror})") from None
+        with stream:
+            yield stream
+
+    def _records(self, stream: io.TextIOBase) -> Iterator[Post]:
+        if self.fmt == "txt":
+            for line in stream:
+                text = line.rstrip("\r\n")
+                if text.strip():
+                    yield Post(text)
+            return
+        if self.fmt == "jsonl":
+            for line_no, line in enumerate(stream, start=1):
+                if line.strip():
+                    yield self._post(self._json_object(line, line_no), line_no)
+            return
+        reader = csv.DictReader(stream, delimiter=DELIMITER[self.fmt])
+        if reader.fieldnames is None:
+            header = ",".join(column for column in (self.label_column, self.text_column) if column)
+            raise UserError(f"{self.path}: the file is empty; expected a header row such as '{header}'")
+        for column in (self.text_column, self.label_column):
+            if column is not None and column not in reader.fieldnames:
+                raise UserError(
+                    f"{self.path}: no {column!r} column (the header has {', '.join(map(repr, reader.fieldnames))}); "
+                    "rename it or set the column name in the data config"
+                )
+        for row in reader:
+            yield self._post(row, reader.line_num)
+
+    def _json_object(self, line: str, line_no: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{self.path} line {line_no}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{self.path} line {line_no}: expected a JSON object with a {self.text_column!r} field")
+        return record
+
+    def _post(self, record: dict[str, Any], line_no: int) -> Post:
+        text = record.get(self.text_column)
+        if not isinstance(text, str):
+            raise UserError(f"{self.path} line {line_no}: no {self.text_column!r} text")
+        post_id = record.get(self.id_column) if self.id_column else None
+        label = None if self.label_column is None else self._label(record.get(self.label_column), line_no)
+        return Post(text, label, None if post_id is None else str(post_id))
+
+    def _label(self, value: Any, line_no: int) -> int:
+        allowed = range(self.num_labels)
+        text = str(value).strip() if value is not None else ""
+        if re.fullmatch(r"-?[0-9]+", text) and int(text) in allowed:
+            return int(text)
+        raise UserError(
+            f"{self.path} line {line_no}: label {text!r} is not one of {', '.join(map(str, allowed))} "
+            f"(column {self.label_column!r}; 1 = positive, 0 = negative)"
+        )
+
+
+def read_labelled(path: str, text_column: str, label_column: str, num_labels: int = 2) -> list[Post]:
+    """All labelled posts of a training/validation/test file; an empty file is an error."""
+    posts = list(PostReader(path, text_column, label_column, id_column=None, num_labels=num_labels))
+    if not posts:
+        raise UserError(f"{path}: has a header but no posts")
+    return posts
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of (train, validation): ``val_fraction`` of each label's posts, the same for the same seed."""
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_label[label].append(index)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        n_val = round(len(indices) * val_fraction)
+        val += indices[:n_val]
+        train += indices[n_val:]
+    return sorted(train), sorted(val)
+
+

@@ -1,0 +1,62 @@
+"""Posts to token ids: the backbone's own tokenizer, loaded once per process, and padding to a batch's longest post."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from weibo_sentiment.errors import UserError, explain_load_error
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The backbone's own tokenizer (a hub id or a model directory), with a pad token.
+
+    Cached: the model (for its pad id), the data module and the inference loader each ask for it, and it is only
+    read, never changed.
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of {name_or_path!r} has no pad token; this project needs one to pad batches")
+    return tokenizer
+
+
+def pad_to_longest(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token ids to the batch's longest sequence (not to ``max_length``): ``input_ids`` + ``attention_mask``."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class Tokenize:
+    """The backbone's tokenizer, truncating to ``max_length``; never returns ``token_type_ids``.
+
+    GPT-2 has no segment embeddings: given BertTokenizer's all-zero ``token_type_ids`` it would add the embedding
+    of token 0 (``[PAD]``) to every position.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            return_token_type_ids=False,
+            return_attention_mask=False,
+        )
+        return encoded["input_ids"]
+
+

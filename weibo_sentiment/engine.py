@@ -1,0 +1,335 @@
+"""The inference engine: the one place where batches of token ids become class probabilities, in every runtime and
+precision. ``main.py predict`` (through the LightningModule), the HTTP API and the console all label through it.
+
+    mode = choose_mode(runtime="onnxruntime", precision="32-true", quantize="int8")
+    engine = build_engine(peft_model, mode, base_model="uer/gpt2-chinese-cluecorpussmall")
+    probabilities = engine(input_ids, attention_mask)         # (posts, labels), float32, on the CPU
+
+| runtime     | precision / quantize | what runs                                                                  |
+| ----------- | -------------------- | -------------------------------------------------------------------------- |
+| torch       | 32-true              | eager PyTorch, LoRA merged into the base weights; CPU or GPU               |
+| torch       | bf16-mixed           | the same under bf16 autocast; fast on GPUs and CPUs with AVX512_BF16/AMX   |
+| onnxruntime | 32-true              | the merged model exported to ONNX: torch fp32's results (to ~1e-6), faster |
+| onnxruntime | int8                 | that ONNX model with its weight matrices dynamically quantised to int8     |
+
+The ONNX model of a trained model is exported once and kept in a cache folder keyed by the trained tensors and the
+base model (``$WEIBO_SENTIMENT_CACHE``, default ``~/.cache/weibo-sentiment``); ``weibo_sentiment.export`` writes
+the same files into a directory of their own for deployment (``exported_engine`` loads it: no base model needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+
+from weibo_sentiment.errors import UserError, first_line
+from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
+
+RUNTIMES = ("torch", "onnxruntime")
+PRECISIONS = ("32-true", "bf16-mixed")
+FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+MANIFEST = "weibo_sentiment_export.json"
+"""The file that marks a directory written by ``weibo_sentiment.export``."""
+EXPORT_FORMAT = 1  # bump when what an exported ONNX file computes changes: old cache entries are then left unused
+OPSET = 17
+CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base model's size, int8 a quarter of it)
+
+
+class Engine(Protocol):
+    mode: InferenceMode
+    num_labels: int
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (float32) of right-padded ``input_ids``."""
+
+    def close(self) -> None:
+        """Give back what the engine changed or holds (e.g. unmerge LoRA from a model that goes on training)."""
+
+
+@dataclass(frozen=True)
+class InferenceMode:
+    """How to run a model: ``runtime`` torch or onnxruntime, ``precision`` 32-true or bf16-mixed, ``quantize`` int8."""
+
+    runtime: str = "torch"
+    precision: str = "32-true"
+    quantize: Optional[str] = None
+
+    def __str__(self) -> str:
+        numbers = self.quantize or ("bf16" if self.precision.startswith("bf16") else "fp32")
+        return f"{self.runtime} {numbers}"
+
+
+def choose_mode(
+    runtime: Optional[str] = None,
+    precision: str = "32-true",
+    quantize: Optional[str] = None,
+    device_type: str = "cpu",
+    exported: bool = False,
+) -> InferenceMode:
+    """Check a requested combination and fill in the runtime: onnxruntime for int8 and exported models, else torch.
+
+    int8 has one path, onnxruntime's dynamic quantisation (torch.ao's is deprecated upstream and ran 2.5x slower).
+    onnxruntime runs on the CPU here, in fp32 or int8. bf16 is only fast where the hardware has it: on a CPU without
+    AVX512_BF16 or AMX it is emulated, slower than fp32, and this says so.
+    """
+    precision = str(precision)
+    bf16 = precision.startswith("bf16")
+    if quantize not in (None, "int8"):
+        raise UserError(f"quantize {quantize!r}: the one quantisation offered is int8 (or none)")
+    if runtime not in (None, *RUNTIMES):
+        raise UserError(f"runtime {runtime!r}: choose torch or onnxruntime")
+    needs_onnx = "an exported model" if exported else "int8" if quantize else None
+    if runtime is None:
+        runtime = "onnxruntime" if needs_onnx else "torch"
+    if runtime == "torch" and needs_onnx:
+        raise UserError(f"{needs_onnx} runs on onnxruntime: use runtime onnxruntime (--model.runtime onnxruntime, "
+                        "or --runtime onnxruntime for the API and console), or leave runtime unset")
+    if runtime == "onnxruntime":
+        if device_type != "cpu":
+            raise UserError(f"runtime onnxruntime runs on the CPU, not on {device_type}: use runtime torch there "
+                            "(with precision bf16-mixed on a recent GPU), or --trainer.accelerator cpu")
+        if bf16:
+            raise UserError("runtime onnxruntime runs fp32 (exact) or int8 (quantize int8) on the CPU, not bf16: "
+                            "for bf16 use runtime torch, else precision 32-true")
+    if bf16 and device_type == "cpu" and not native_bf16():
+        warn_bf16_emulated()
+    return InferenceMode(runtime, "bf16-mixed" if bf16 else precision, quantize)
+
+
+# ---- torch ------------------------------------------------------------------------------------------------------
+class TorchEngine:
+    """A peft model in eval mode with LoRA merged into its base weights (one matrix product per layer, not three),
+    optionally under bf16 autocast. ``close`` unmerges and restores the training mode, so training can go on."""
+
+    def __init__(self, peft_model: Any, mode: InferenceMode) -> None:
+        self.model, self.mode = peft_model, mode
+        self.bf16 = mode.precision.startswith("bf16")
+        self.num_labels = peft_model.config.num_labels
+        self._was_training = peft_model.training
+        peft_model.eval()
+        peft_model.merge_adapter()
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        return logits.float().softmax(dim=-1)
+
+    def close(self) -> None:
+        self.model.unmerge_adapter()
+        self.model.train(self._was_training)
+
+
+# ---- onnxruntime ------------------------------------------------------------------------------------------------
+class OnnxEngine:
+    """An ONNX file run by onnxruntime on the CPU with this process's torch thread count."""
+
+    def __init__(self, path: Path, num_labels: int, mode: InferenceMode, threads: Optional[int] = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: its notes on unused initializers say nothing to a user
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for unreadable or truncated files
+            raise UserError(f"{path}: onnxruntime cannot load it ({first_line(err)}); export it again") from None
+        self.path, self.num_labels, self.mode = Path(path), num_labels, mode
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feed = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        (logits,) = self.session.run(["logits"], feed)
+        return torch.from_numpy(logits).float().softmax(dim=-1)
+
+    def close(self) -> None:
+        self.session = None
+
+
+class _LogitsOnly(torch.nn.Module):
+    """What is exported: (input_ids, attention_mask) -> logits. The model is called with keyword arguments: GPT-2's
+    second positional parameter is ``past_key_values``, and the cache it would build is not wanted."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra).logits
+
+
+def export_onnx(peft_model: Any, directory: Path, quantize: bool) -> None:
+    """Write ``model.onnx`` (fp32, LoRA merged) and, with ``quantize``, ``model.int8.onnx`` into ``directory``.
+
+    LoRA is merged for the export and unmerged after (no copy of the base weights is made). The wrapper is put in
+    eval mode before exporting: ``torch.onnx.export`` restores the module's training mode afterwards, so a fresh
+    (training-mode) wrapper would come back with dropout on.
+    """
+    was_training = peft_model.training
+    wrapper = _LogitsOnly(peft_model).eval()
+    # A padded row, so that the traced graph keeps the attention mask's general path.
+    input_ids = torch.randint(104, 1000, (2, 8))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    peft_model.merge_adapter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python-side shape checks, torch's deprecation
+            torch.onnx.export(
+                wrapper,
+                (input_ids, attention_mask),
+                str(directory / FP32_FILE),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_axes={"input_ids": {0: "posts", 1: "tokens"}, "attention_mask": {0: "posts", 1: "tokens"},
+                              "logits": {0: "posts"}},  # fmt: skip
+            )
+    finally:
+        peft_model.unmerge_adapter()
+        peft_model.train(was_training)
+    if quantize:
+        quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """onnxruntime's dynamic quantisation: int8 weights, activations quantised per batch (u8s8 kernels, VNNI)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():  # it logs an advice to pre-process the model through the root logger
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers  # logging.warning() gives a bare root logger a handler of its own: take it back
+        root.setLevel(level)
+
+
+# ---- the cache of exported models -------------------------------------------------------------------------------
+def cache_root() -> Path:
+    if os.environ.get("WEIBO_SENTIMENT_CACHE"):
+        return Path(os.environ["WEIBO_SENTIMENT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weibo-sentiment"
+
+
+def model_fingerprint(peft_model: Any, base_model: str) -> str:
+    """A key for what an export computes: the adapter's tensors and settings, and which base model they sit on
+    (a directory by its files' names, sizes and modification times; a hub id by its name and revision)."""
+    from peft import get_peft_model_state_dict
+
+    digest = hashlib.sha256(f"format {EXPORT_FORMAT} opset {OPSET}".encode())
+    for name, tensor in sorted(get_peft_model_state_dict(peft_model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(repr(sorted(peft_model.peft_config["default"].to_dict().items(), key=str)).encode())
+    base = Path(base_model)
+    if base.is_dir():
+        for file in sorted(base.iterdir()):
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(f"{base_model}@{getattr(peft_model.config, '_commit_hash', None)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_onnx(peft_model: Any, base_model: str, quantize: bool) -> Path:
+    """The cache entry (a folder) holding this model's ONNX files, exported now if missing.
+
+    Entries are written under a temporary name and renamed into place: another process exporting the same model
+    at the same time (DDP ranks) either wins the rename or finds the finished entry.
+    """
+    root = cache_root()
+    entry = root / model_fingerprint(peft_model, base_model)
+    wanted = entry / (INT8_FILE if quantize else FP32_FILE)
+    if not wanted.is_file():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+        except OSError as err:
+            raise UserError(f"{root}: cannot write the ONNX cache here ({err.strerror}); "
+                            "set WEIBO_SENTIMENT_CACHE to a writable folder") from None
+        try:
+            if (entry / FP32_FILE).is_file():  # fp32 cached, int8 asked for now
+                shutil.copy2(entry / FP32_FILE, staging / FP32_FILE)
+                quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
+            else:
+                export_onnx(peft_model, staging, quantize)
+            if entry.is_dir() and not wanted.is_file():
+                shutil.rmtree(entry, ignore_errors=True)  # an fp32-only entry makes way for one with int8 too
+            try:
+                os.rename(staging, entry)
+            except OSError:  # another process got there first: its entry is the same model
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    os.utime(entry)  # most recently used: evicted last
+    _evict(root, keep=CACHE_ENTRIES_KEPT)
+    return wanted
+
+
+def _evict(root: Path, keep: int) -> None:
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- building an engine -----------------------------------------------------------------------------------------
+def build_engine(peft_model: Any, mode: InferenceMode, base_model: str) -> Engine:
+    """The engine for a peft model (base + LoRA + head) in ``mode``."""
+    if mode.runtime == "torch":
+        return TorchEngine(peft_model, mode)
+    started = time.perf_counter()
+    path = cached_onnx(peft_model, base_model, quantize=mode.quantize == "int8")
+    engine = OnnxEngine(path, peft_model.config.num_labels, mode)
+    logging.getLogger(__name__).debug("onnxruntime engine from %s in %.1f s", path, time.perf_counter() - started)
+    return engine
+
+
+def is_exported(path: Optional[str]) -> bool:
+    """Whether ``path`` is a directory written by ``weibo_sentiment.export``."""
+    return bool(path) and (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable export manifest ({first_line(err)}); export the model again") from None
+
+
+def exported_engine(directory: str | Path, mode: InferenceMode) -> OnnxEngine:
+    """The engine of an exported directory: its fp32 or int8 ONNX file, no base model or peft needed."""
+    manifest = read_manifest(directory)
+    name = INT8_FILE if mode.quantize == "int8" else FP32_FILE
+    path = Path(directory) / name
+    if not path.is_file():
+        hint = " (export with --quantize int8 to include it)" if mode.quantize else ""
+        raise UserError(f"{directory}: the exported model has no {name}{hint}")
+    return OnnxEngine(path, manifest["num_labels"], mode)

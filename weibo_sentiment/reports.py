@@ -1,0 +1,109 @@
+"""Pictures of every evaluation: confusion matrix, precision-recall curves and the misclassified posts, in
+TensorBoard and, for ``validate`` and ``test``, as files in the run's folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import matplotlib
+import torch
+
+matplotlib.use("Agg")  # figures are written to files and TensorBoard, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+
+from weibo_sentiment.outputs import SENTIMENTS  # noqa: E402
+
+
+class EvaluationReport(Callback):
+    """Pictures of every validation and test: a confusion matrix, a precision-recall curve and the misclassified
+    posts the model was surest of, in TensorBoard; ``validate`` and ``test`` also write them into the run's folder
+    (``{stage}_confusion_matrix.png``, ``{stage}_pr_curve.png``, ``{stage}_metrics.json``). At the end of ``fit``
+    the hyper-parameters are logged with the final metrics, for TensorBoard's HParams view."""
+
+    def __init__(self, misclassified_shown: int = 20) -> None:
+        self.misclassified_shown = misclassified_shown
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._report(trainer, pl_module, "val", write_files=trainer.state.fn == "validate")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module, "test", write_files=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        final = {f"hp/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and final:
+                logger.log_hyperparams(pl_module.hparams, final)
+
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, write_files: bool) -> None:
+        confusion, pr_curve = getattr(pl_module, f"{stage}_confusion"), getattr(pl_module, f"{stage}_pr_curve")
+        if not confusion.update_count:
+            return
+        names = list(SENTIMENTS[: pl_module.hparams.num_labels])
+        pr_figure, pr_axes = pr_curve.plot()
+        pr_axes.legend(names)
+        pr_axes.set_title(f"Precision-recall per class ({stage})")
+        figures = {"confusion_matrix": confusion.plot(labels=names)[0], "pr_curve": pr_figure}
+        confusion.reset()
+        pr_curve.reset()
+        misclassified = self._misclassified(trainer, pl_module, stage)
+        # log_dir is agreed between processes (a collective call): every rank asks, rank 0 writes.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir) if write_files else None
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    for name, figure in figures.items():
+                        logger.experiment.add_figure(f"{stage}/{name}", figure, trainer.global_step, close=False)
+                    logger.experiment.add_text(f"{stage}/misclassified", _markdown_table(misclassified),
+                                               trainer.global_step)  # fmt: skip
+            if run_dir is not None:
+                self._write_files(trainer, run_dir, stage, figures, misclassified)
+        for figure in figures.values():
+            plt.close(figure)
+
+    def _misclassified(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> list[dict[str, Any]]:
+        """The wrongly labelled posts, surest first. Skipped under several processes (each sees a shard)."""
+        dataset = getattr(trainer.datamodule, "datasets", {}).get(stage)
+        if trainer.world_size > 1 or dataset is None or not pl_module.evaluation_probabilities:
+            return []
+        probabilities = torch.cat(pl_module.evaluation_probabilities)
+        if len(probabilities) != len(dataset):  # limit_val_batches and the like: a partial pass
+            return []
+        wrong = [
+            {"text": post.text, "label": post.label, "prob_positive": round(float(p[1]), 4),
+             "confidence": round(float(p.max()), 4)}
+            for post, p in zip(dataset.posts, probabilities) if int(p.argmax()) != post.label
+        ]  # fmt: skip
+        return sorted(wrong, key=lambda row: -row["confidence"])[: self.misclassified_shown]
+
+    def _write_files(self, trainer: pl.Trainer, run_dir: Path, stage: str, figures: dict, misclassified: list) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name, figure in figures.items():
+            figure.savefig(run_dir / f"{stage}_{name}.png", dpi=100, bbox_inches="tight")
+        dataset = trainer.datamodule.datasets[stage]
+        report = {
+            "stage": stage,
+            "ckpt_path": trainer.ckpt_path,
+            "posts": len(dataset),
+            "posts_without_text_after_removing_emoticons": dataset.tags_only,
+            "metrics": {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(stage)},
+            "misclassified": misclassified,
+        }
+        (run_dir / f"{stage}_metrics.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
+        rank_zero_info(f"Wrote {stage}_metrics.json and the {stage} figures to {run_dir}")
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    lines = ["| text | label | prob_positive |", "| --- | --- | --- |"]
+    lines += [f"| {row['text'].replace('|', '/').replace(chr(10), ' ')} | {row['label']} | {row['prob_positive']} |"
+              for row in rows]  # fmt: skip
+    return "\n".join(lines)
