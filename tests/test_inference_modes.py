@@ -1,0 +1,176 @@
+"""Every inference mode end to end, through the real entry points, on the quickstart's own small GPT-2: main.py
+predict in each runtime and precision, the export and predicting from it, and the API and console giving the rows
+that main.py predict gives."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICKSTART, REPO, read_predictions, real_rows, run_main, write_csv
+
+QUICKSTART_MODEL = str(REPO / "assets" / "tiny-gpt2-chinese")
+MODES = {
+    "torch fp32": [],
+    "onnxruntime fp32": ["--model.runtime", "onnxruntime"],
+    "onnxruntime int8": ["--model.quantize", "int8"],
+    "torch bf16": ["--trainer.precision", "bf16-mixed"],
+}
+
+
+def quickstart_args(subcommand: str, root: Path, *extra: str) -> list[str]:
+    return [subcommand, "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> dict:
+    """The quickstart model fine-tuned briefly (one epoch on 300 real posts), and 60 other posts to label, one of
+    them without text."""
+    root = tmp_path_factory.mktemp("quickstart")
+    result = run_main(quickstart_args("fit", root, "--data.train_path", str(train_csv), "--trainer.max_epochs", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [{"id": f"p{i}", "review": row["review"]} for i, row in enumerate(real_rows(60, offset=400))]
+    rows[7]["review"] = "  "
+    posts = write_csv(root / "posts.csv", rows)
+    return {"root": root, "ckpt": str(next(root.glob("lightning_logs/version_0/checkpoints/last.ckpt"))), "posts": posts}
+
+
+def predict(quickstart: dict, out: Path, *extra: str) -> list[dict[str, str]]:
+    result = run_main(quickstart_args("predict", quickstart["root"], "--data.predict_path", str(quickstart["posts"]),
+                                      "--predict_writer.output_path", str(out), *extra))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_predictions(out)
+
+
+@pytest.fixture(scope="module")
+def rows_by_mode(quickstart: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
+    out = tmp_path_factory.mktemp("modes")
+    return {mode: predict(quickstart, out / f"{i}.csv", "--ckpt_path", quickstart["ckpt"], *args)
+            for i, (mode, args) in enumerate(MODES.items())}  # fmt: skip
+
+
+def probabilities(rows: list[dict[str, str]]) -> list[float]:
+    return [float(row["prob_positive"]) for row in rows if row["prob_positive"]]
+
+
+def test_every_mode_writes_rows_of_the_same_shape_and_order(rows_by_mode: dict) -> None:
+    default = rows_by_mode["torch fp32"]
+    assert len(default) == 60 and default[7]["sentiment"] == "empty"
+    for mode, rows in rows_by_mode.items():
+        assert list(rows[0]) == list(default[0]), mode
+        assert [(r["id"], r["review"], r["emoticons"]) for r in rows] == [(r["id"], r["review"], r["emoticons"])
+                                                                          for r in default], mode  # fmt: skip
+        assert rows[7]["sentiment"] == "empty" and rows[7]["label"] == "", mode
+
+
+def test_onnxruntime_fp32_gives_torch_fp32_labels_and_probabilities_within_1e_4(rows_by_mode: dict) -> None:
+    torch_rows, onnx_rows = rows_by_mode["torch fp32"], rows_by_mode["onnxruntime fp32"]
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert max(abs(a - b) for a, b in zip(probabilities(onnx_rows), probabilities(torch_rows))) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["onnxruntime int8", "torch bf16"])
+def test_fast_modes_stay_close_to_fp32(rows_by_mode: dict, mode: str) -> None:
+    fp32, fast = rows_by_mode["torch fp32"], rows_by_mode[mode]
+    same = sum(a["label"] == b["label"] for a, b in zip(fp32, fast))
+    assert same >= len(fp32) - 1  # the README's agreement figures come from thousands of posts, in benchmarks
+    assert max(abs(a - b) for a, b in zip(probabilities(fast), probabilities(fp32))) < 0.1
+    assert probabilities(fast) != probabilities(fp32)  # it did run in other arithmetic
+
+
+@pytest.fixture(scope="module")
+def exported(quickstart: dict) -> Path:
+    out = quickstart["root"] / "exported"
+    result = run_main(["export", "--config", QUICKSTART, "--ckpt_path", quickstart["ckpt"], "--output_dir", str(out),
+                       "--quantize", "int8"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Exported" in result.stdout
+    return out
+
+
+def test_the_export_holds_onnx_models_and_the_tokenizer_and_no_base_model(exported: Path) -> None:
+    files = {path.name for path in exported.iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "tokenizer.json", "weibo_sentiment_export.json"} <= files
+    assert not files & {"model.safetensors", "adapter_model.safetensors", "config.json"}
+    manifest = json.loads((exported / "weibo_sentiment_export.json").read_text(encoding="utf-8"))
+    assert manifest["num_labels"] == 2 and manifest["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+@pytest.mark.parametrize(("mode", "extra"), [("onnxruntime fp32", []), ("onnxruntime int8", ["--model.quantize", "int8"])])
+def test_predicting_from_the_export_equals_predicting_from_the_checkpoint(
+    quickstart: dict, exported: Path, rows_by_mode: dict, tmp_path: Path, mode: str, extra: list[str]
+) -> None:
+    rows = predict(quickstart, tmp_path / "out.csv", "--model.model_name_or_path", str(exported), *extra)
+    from_checkpoint = rows_by_mode[mode]
+    assert [r["label"] for r in rows] == [r["label"] for r in from_checkpoint]
+    assert max(abs(a - b) for a, b in zip(probabilities(rows), probabilities(from_checkpoint))) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ckpt_path", "{tmp}/none.ckpt", "--output_dir", "{tmp}/out"], "{tmp}/none.ckpt: no such checkpoint file"),
+        (["--ckpt_path", "{ckpt}", "--output_dir", "/proc/exported"], "/proc/exported: cannot write the export here"),
+        (["--ckpt_path", "{ckpt}", "--output_dir", "{tmp}/file.txt"], "is a file; give --output_dir a directory"),
+        (["--ckpt_path", "{ckpt}", "--output_dir", "{tmp}"], "holds other files; give --output_dir a new or empty"),
+        (["--output_dir", "{tmp}/out"], "export what? pass --ckpt_path"),
+    ],
+)
+def test_export_mistakes_are_one_line_and_leave_nothing(quickstart: dict, tmp_path: Path, args: list[str], says: str) -> None:
+    (tmp_path / "file.txt").write_text("keep me", encoding="utf-8")
+    fill = {"tmp": str(tmp_path), "ckpt": quickstart["ckpt"]}
+    result = run_main(["export", "--config", QUICKSTART, *[a.format(**fill) for a in args]])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says.format(**fill) in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing half-written
+
+
+def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: dict, exported: Path, tmp_path: Path) -> None:
+    """From the exported directory: the console (fp32) and the API (int8) answer as main.py predict does in the same
+    mode: the same engine and the same batching. (int8 quantises activations per batch, so it is compared where the
+    batches are the same: one request of all the posts against one predict window.)"""
+    base = ["--config", QUICKSTART, "--model.model_name_or_path", str(exported)]
+    fp32 = [row for row in predict(quickstart, tmp_path / "fp32.csv", *base[2:]) if row["prob_positive"]]
+    int8 = [row for row in predict(quickstart, tmp_path / "int8.csv", *base[2:], "--model.quantize", "int8")
+            if row["prob_positive"]]  # fmt: skip
+    texts = [row["review"] for row in fp32]
+    console = subprocess.run([sys.executable, "-m", "weibo_sentiment.console", *base, "--runtime", "onnxruntime"],
+                             input="\n".join(texts) + "\n", cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert console.returncode == 0, console.stderr[-2000:]
+    said = [line.split() for line in console.stdout.splitlines()]
+    assert [words[0] for words in said] == [row["sentiment"] for row in fp32]
+    assert all(abs(float(words[2]) - float(row["confidence"])) <= 0.0051 for words, row in zip(said, fp32))
+
+    from test_serve import call, free_port, post
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "weibo_sentiment.serve", *base, "--quantize", "int8",
+                               "--serve.port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if call(f"http://127.0.0.1:{port}/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        status, answer = post(f"http://127.0.0.1:{port}/api/sentiment", {"texts": texts})
+        assert status == 200, answer
+        assert [r["label"] for r in answer["results"]] == [int(row["label"]) for row in int8]
+        got = [r["prob_positive"] for r in answer["results"]]
+        assert max(abs(a - float(row["prob_positive"])) for a, row in zip(got, int8)) < 1e-5
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
