@@ -11,12 +11,14 @@ instead of the config's backbone. Prints one markdown table row per value: the l
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from weibo_sentiment.cli import SentimentCLI
-from tools.tiny_models import build_gpt2
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/ sits beside the package, not in it
+from tools.tiny_models import build_gpt2  # noqa: E402
+from weibo_sentiment.cli import SentimentCLI  # noqa: E402
 
 
 def main() -> None:

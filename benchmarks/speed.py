@@ -65,10 +65,13 @@ class Settings:
     repeats: int = 2
     memory_lines: tuple[int, int] = (1_000, 1_000_000)
     matmul_repeats: int = 10
+    api_texts: int = 64  # texts per request, for the API comparison
+    api_clients: int = 16  # concurrent clients
+    api_requests: int = 48  # requests per mode and repeat
 
 
 QUICK = Settings(layers=4, width=256, heads=4, warmup_steps=2, timed_steps=8, predict_posts=100, repeats=1,
-                 memory_lines=(1_000, 100_000), matmul_repeats=5)  # fmt: skip
+                 memory_lines=(1_000, 100_000), matmul_repeats=5, api_requests=32)  # fmt: skip
 
 
 # =====================================================================================================================
@@ -215,6 +218,14 @@ def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_gflops": results[best]}  # fmt: skip
 
 
+def cpu_info(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the CPU reports: its model and the features that decide the fast modes (AVX2, AVX-512, VNNI, bf16, AMX)."""
+    from weibo_sentiment.hardware import FEATURES, cpu_flags, describe_cpu, native_bf16
+
+    return {"description": describe_cpu(), "flags": sorted(name for flag, name in FEATURES.items() if flag in cpu_flags()),
+            "native_bf16": native_bf16()}  # fmt: skip
+
+
 def build_model(spec: dict[str, Any]) -> dict[str, Any]:
     """A randomly initialised GPT-2 with the real vocabulary, saved as a model directory."""
     from tools.tiny_models import build_gpt2
@@ -224,7 +235,7 @@ def build_model(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS = {"reference-train": reference_train, "reference-predict": reference_predict, "matmul-peak": matmul_peak,
-           "build-model": build_model}  # fmt: skip
+           "build-model": build_model, "cpu-info": cpu_info}  # fmt: skip
 
 
 def run_worker(name: str, spec_json: str) -> None:
@@ -334,7 +345,7 @@ class Runner:
         print(f"  {label} ...", end="", flush=True)
         start = time.perf_counter()
         with open(log, "w", encoding="utf-8") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=self._env(threads or self.threads), stdout=out,
+            process = subprocess.Popen(command, cwd=ROOT, env=self.environment(threads or self.threads), stdout=out,
                                        stderr=subprocess.STDOUT)  # fmt: skip
             sampler = TreeMemorySampler(process.pid)
             sampler.start()
@@ -349,11 +360,13 @@ class Runner:
               f"{child.peak_tree_mb:.0f} MB" + ("" if child.returncode == 0 else " FAILED"))
         return child
 
-    @staticmethod
-    def _env(threads: int) -> dict[str, str]:
-        # The same intra-op thread count for every side; torch reads OMP_NUM_THREADS at start-up.
+    def environment(self, threads: int) -> dict[str, str]:
+        # The same intra-op thread count for every side; torch reads OMP_NUM_THREADS at start-up (onnxruntime takes
+        # torch's). ONNX exports go to a cache in the work folder: the first onnxruntime run of each model exports
+        # (outside the timed loop, inside its wall time), later ones reuse it.
         return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))}
+                "WEIBO_SENTIMENT_CACHE": str(self.work / "onnx-cache"),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS), str(ROOT), os.environ.get("PYTHONPATH")]))}
 
     def worker(self, name: str, spec: dict[str, Any]) -> tuple[Child, dict[str, Any]]:
         report = self.work / f"{name}-{self.count + 1:02d}.json"
@@ -375,13 +388,6 @@ class Runner:
         if child.returncode != 0 or not report.is_file():
             sys.exit(f"error: {Path(child.log).name} failed (exit {child.returncode}); its last lines:\n{child.tail()}")
         return json.loads(report.read_text(encoding="utf-8"))
-
-
-def main_py_has_flag(subcommand: str, flag: str) -> bool:
-    """Whether ``main.py SUBCOMMAND --help`` lists ``flag`` (for options still being added)."""
-    help_text = subprocess.run([sys.executable, "main.py", subcommand, "--help"], cwd=ROOT, capture_output=True,
-                               text=True, check=False).stdout  # fmt: skip
-    return flag in help_text
 
 
 def write_posts(path: Path, texts: list[str]) -> Path:
@@ -411,13 +417,13 @@ def compare(reference: dict[str, tuple[int, float]], ours: dict[str, tuple[int, 
             "max_abs_prob_diff": max((abs(reference[key][1] - ours[key][1]) for key in common), default=None)}
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def machine_info(threads: int, cpu: dict[str, Any]) -> dict[str, Any]:
     from importlib.metadata import version
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
-            **{package: version(package) for package in ("torch", "transformers", "peft", "lightning")}, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    return {"cpu": cpu["description"], "cpu_flags": cpu["flags"], "native_bf16": cpu["native_bf16"],
+            "cores": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
+            **{package: version(package) for package in ("torch", "transformers", "peft", "lightning", "onnxruntime")},
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
             # Anything else running on the machine slows both sides; alternating them spreads it, but say so.
             "load_average_at_start": os.getloadavg()[0]}  # fmt: skip
@@ -429,12 +435,27 @@ def read_rows(path: Path) -> list[tuple[str, str]]:
         return [(row["label"], row["review"]) for row in csv.DictReader(f)]
 
 
+def predict_modes(native_bf16: bool) -> dict[str, list[str]]:
+    """Our inference modes, as main.py flags (bf16 only where the CPU has it: emulated bf16 is slower than fp32)."""
+    modes = {"torch fp32": [], "onnxruntime fp32": ["--model.runtime", "onnxruntime"],
+             "onnxruntime int8": ["--model.quantize", "int8"]}  # fmt: skip
+    if native_bf16:
+        modes["torch bf16"] = ["--trainer.precision", "bf16-mixed"]
+    return modes
+
+
+def fit_modes(native_bf16: bool) -> dict[str, list[str]]:
+    return {"fp32": [], **({"bf16-mixed": ["--trainer.precision", "bf16-mixed"]} if native_bf16 else {})}
+
+
 def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> dict[str, Any]:
     # This process imports neither torch nor the project and holds no model: a child's ru_maxrss starts from its
     # parent's peak (exec records the memory it replaces), so a big driver would raise every figure to its own.
     runner = Runner(work, args.threads)
-    results: dict[str, Any] = {"settings": asdict(settings), "machine": machine_info(args.threads), "notes": []}
+    _, cpu = runner.worker("cpu-info", {})
+    results: dict[str, Any] = {"settings": asdict(settings), "machine": machine_info(args.threads, cpu), "notes": []}
     notes = results["notes"]
+    print(f"CPU: {cpu['description']}")
 
     # ---- inputs: one model, the training posts, a sample of them to label -------------------------------------
     if args.model:
@@ -459,47 +480,58 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     fit_args = ["fit", *common, "--data.train_path", str(args.posts), "--data.val_path", str(val_path),
                 "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
                 "--trainer.num_sanity_val_steps", "0", *FIT_WITHOUT_VALIDATION]  # fmt: skip
-    has_int8 = main_py_has_flag("predict", "--model.quantize")
-    if not has_int8:
-        notes.append("int8: main.py predict has no --model.quantize yet; skipped")
+    modes, fits = predict_modes(cpu["native_bf16"]), fit_modes(cpu["native_bf16"])
+    if not cpu["native_bf16"]:
+        notes.append("bf16: this CPU has neither AVX512_BF16 nor AMX (bf16 would be emulated, slower than fp32); "
+                     "the bf16 modes were not run")  # fmt: skip
 
     print("matrix-multiply peak")
     _, results["matmul"] = runner.worker("matmul-peak", {"repeats": settings.matmul_repeats})
 
     # ---- reference and ours, alternating, on the same posts ------------------------------------------------------
-    runs: list[dict[str, Any]] = []
-    for repeat in range(settings.repeats):
-        print(f"repeat {repeat + 1} of {settings.repeats}")
-        run: dict[str, Any] = {}
-        adapter = work / f"reference-adapter-{repeat}"
+    runs: list[dict[str, Any]] = [{"train": {}, "predict": {}, "agreement": {}} for _ in range(settings.repeats)]
+    adapter = work / "reference-adapter"  # what every predict run labels with: the first reference training's
+    for repeat, run in enumerate(runs):
+        print(f"training, repeat {repeat + 1} of {settings.repeats}")
         child, report = runner.worker("reference-train", {"model": model_dir, "train_path": str(args.posts),
                                                           "steps": steps, "warmup_steps": settings.warmup_steps,
-                                                          "adapter_out": str(adapter)})  # fmt: skip
-        run["reference_train"] = {**asdict(child), **report}
-        root = work / f"ours-fit-{repeat}"
-        child, report = runner.main_py("ours-fit", [*fit_args, "--trainer.default_root_dir", str(root)],
-                                       settings.warmup_steps)
-        run["ours_train"] = {**asdict(child), **report}
+                                                          "adapter_out": str(adapter if repeat == 0 else
+                                                                             work / f"adapter-{repeat}")})  # fmt: skip
+        run["train"]["reference"] = {**asdict(child), **report}
+        for mode, extra in fits.items():
+            root = work / f"ours-fit-{repeat}-{mode}"
+            child, report = runner.main_py(f"ours-fit-{mode}", [*fit_args, "--trainer.default_root_dir", str(root),
+                                                                *extra], settings.warmup_steps)  # fmt: skip
+            run["train"][mode] = {**asdict(child), **report}
 
+    predict_args = ["predict", *common, "--model.adapter_path", str(adapter), "--data.predict_path",
+                    str(predict_path), "--trainer.default_root_dir", str(work / "ours-predict")]
+    # The first onnxruntime run of a model exports it into the cache: timed apart, as what a first run costs.
+    print("onnxruntime: first runs, which export the model (fp32, then int8 from it)")
+    results["first_runs"] = {}
+    for mode, extra in modes.items():
+        if "onnxruntime" in mode:
+            child, report = runner.main_py(f"first-{mode.replace(' ', '-')}", [*predict_args, "--predict_writer."
+                                           "output_path", str(work / "first.csv"), *extra])  # fmt: skip
+            results["first_runs"][mode] = {**asdict(child), **report}
+    for repeat, run in enumerate(runs):
+        print(f"prediction, repeat {repeat + 1} of {settings.repeats}")
         child, report = runner.worker("reference-predict", {"model": model_dir, "adapter": str(adapter),
                                                             "predict_path": str(predict_path)})  # fmt: skip
-        run["reference_predict"] = {**asdict(child), **{k: v for k, v in report.items() if k != "rows"}}
+        run["predict"]["reference"] = {**asdict(child), **{k: v for k, v in report.items() if k != "rows"}}
         reference_rows = {row["id"]: (row["label"], row["prob_positive"]) for row in report["rows"]}
-        predict_args = ["predict", *common, "--model.adapter_path", str(adapter), "--data.predict_path",
-                        str(predict_path), "--trainer.default_root_dir", str(work / f"ours-predict-{repeat}")]
-        ours_out = work / f"ours-predictions-{repeat}.csv"
-        child, report = runner.main_py("ours-predict", [*predict_args, "--predict_writer.output_path", str(ours_out)])
-        run["ours_predict"] = {**asdict(child), **report}
-        ours_rows = read_predictions(ours_out)
-        run["agreement"] = compare(reference_rows, ours_rows)
-        if has_int8:
-            int8_out = work / f"int8-predictions-{repeat}.csv"
-            child, report = runner.main_py("ours-int8-predict", [*predict_args, "--model.quantize", "int8",
-                                                                 "--predict_writer.output_path", str(int8_out)])
-            run["int8_predict"] = {**asdict(child), **report}
-            run["int8_agreement_with_ours_fp32"] = compare(ours_rows, read_predictions(int8_out))
+        for mode, extra in modes.items():
+            out = work / f"predictions-{repeat}-{mode.replace(' ', '-')}.csv"
+            child, report = runner.main_py(f"ours-predict-{mode.replace(' ', '-')}",
+                                           [*predict_args, "--predict_writer.output_path", str(out), *extra])
+            run["predict"][mode] = {**asdict(child), **report}
+            # Labels against the reference (the same adapter, unmerged torch fp32, one post per pass).
+            run["agreement"][mode] = compare(reference_rows, read_predictions(out))
         runs.append(run)
     results["runs"] = runs
+
+    # ---- the API: today's mode (torch fp32) against the fastest, alternating ----------------------------------
+    results["api"] = api_throughput(runner, work, model_dir, str(adapter), settings, cpu)
 
     # ---- memory against input size: a tiny model, so a million lines take minutes ------------------------------
     # One thread: this part measures memory, not speed, and a tiny model's small operations only lose from a
@@ -532,7 +564,8 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     results["load_average_at_end"] = os.getloadavg()[0]
     # The floor under every child's peak RSS (see above): should be small.
     results["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    threads = {report["torch_threads"] for run in runs for report in run.values() if "torch_threads" in report}
+    threads = {report["torch_threads"] for run in runs for stage in ("train", "predict")
+               for report in run[stage].values()}  # fmt: skip
     if results["machine"]["load_average_at_start"] > 0.5 * (os.cpu_count() or 1):
         notes.append(f"the 1-minute load average was {results['machine']['load_average_at_start']:.1f} when the run "
                      "started: unless that was a run that had just ended, other work shared the machine, and the "
@@ -541,6 +574,56 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
         notes.append(f"torch threads differed between the processes: {sorted(threads)}, asked for {args.threads}")
     results["summary"] = summarise(results)
     return results
+
+
+def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, settings: Settings,
+                   cpu: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """texts/s of the HTTP API at ``api_texts`` texts x ``api_clients`` clients: the server in today's mode (torch
+    fp32) and in the fastest (onnxruntime int8), started in turn, ``repeats`` times each, on the same model."""
+    import socket
+    import urllib.request
+
+    from api_latency import measure
+
+    posts = [text for _, text in read_rows(POSTS)]
+    modes = {"torch fp32": [], "onnxruntime int8": ["--quantize", "int8"]}
+    figures: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    print(f"API: {settings.api_texts} texts x {settings.api_clients} clients, {settings.api_requests} requests")
+    for repeat in range(settings.repeats):
+        for mode, extra in modes.items():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            command = [sys.executable, "-m", "weibo_sentiment.serve", "--config", str(CONFIG),
+                       "--model.model_name_or_path", model_dir, "--model.adapter_path", adapter,
+                       "--serve.port", str(port), *extra]  # fmt: skip
+            log = open(work / f"api-{repeat}-{mode.replace(' ', '-')}.log", "w", encoding="utf-8")
+            server = subprocess.Popen(command, cwd=ROOT, env=runner.environment(runner.threads), stdout=log,
+                                      stderr=subprocess.STDOUT)  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    try:
+                        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                            if response.status == 200:
+                                break
+                    except OSError:
+                        time.sleep(0.5)
+                    if server.poll() is not None:
+                        sys.exit(f"error: the API server ({mode}) stopped; see {log.name}")
+                result = measure(f"{url}/api/sentiment", settings.api_clients, settings.api_texts,
+                                 settings.api_requests, posts)  # fmt: skip
+            finally:
+                server.send_signal(2)
+                try:
+                    server.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                log.close()
+            print(f"  API {mode}: {result['texts/s']:.1f} texts/s, p50 {result['p50 ms']:.0f} ms")
+            figures[mode].append(result)
+    return {mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for mode, runs in figures.items()}
 
 
 # =====================================================================================================================
@@ -556,7 +639,6 @@ def figures(report: dict[str, Any], unit: str, flops_per_token: int) -> dict[str
         "real_tokens_per_sample": report["real_tokens"] / report[unit],
         "padding_share": 1 - report["real_tokens"] / report["padded_tokens"],
         "gflops": flops_per_token * report["real_tokens"] / report["seconds"] / 1e9,
-        "gflops_with_padding": flops_per_token * report["padded_tokens"] / report["seconds"] / 1e9,
         "peak_rss_mb": report["peak_rss_mb"],
         "peak_tree_mb": report["peak_tree_mb"],
         "wall_seconds": report["wall_seconds"],
@@ -566,35 +648,37 @@ def figures(report: dict[str, Any], unit: str, flops_per_token: int) -> dict[str
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Medians over the repeats, FLOP/s from the model's non-embedding parameters and the real tokens."""
     runs = results["runs"]
-    params = runs[0]["reference_train"]["non_embedding_parameters"]
+    params = runs[0]["train"]["reference"]["non_embedding_parameters"]
     peak = results["matmul"]["peak_gflops"]
     # Forward ~ 2 FLOPs per parameter per token (attention's own T^2 term ignored); training with a frozen
     # backbone ~ 2 x forward (backward through the activations, no weight gradients but LoRA's).
     flops_per_token = {"train": 4 * params, "predict": 2 * params}
-    corpus_mean = runs[0]["reference_train"]["corpus_real_tokens_per_post"]
+    corpus_mean = runs[0]["train"]["reference"]["corpus_real_tokens_per_post"]
     summary: dict[str, Any] = {"non_embedding_parameters": params, "peak_gflops": peak,
                                "corpus_real_tokens_per_post": corpus_mean}  # fmt: skip
-    for side in ("reference_train", "ours_train", "reference_predict", "ours_predict", "int8_predict"):
-        if side not in runs[0]:
-            continue
-        stage = side.rsplit("_", 1)[1]
-        per_run = [figures(run[side], "samples" if stage == "train" else "posts", flops_per_token[stage]) for run in runs]
-        summary[side] = {key: statistics.median(f[key] for f in per_run) for key in per_run[0]}
-        summary[side]["share_of_peak"] = summary[side]["gflops"] / peak
+    for stage, unit in (("train", "samples"), ("predict", "posts")):
+        summary[stage] = {}
+        for side in runs[0][stage]:
+            per_run = [figures(run[stage][side], unit, flops_per_token[stage]) for run in runs]
+            summary[stage][side] = {key: statistics.median(f[key] for f in per_run) for key in per_run[0]}
+            summary[stage][side]["share_of_peak"] = summary[stage][side]["gflops"] / peak
     # Our batches are grouped by length, so a stretch of 16 batches holds ~16 independent lengths, not 256: its
     # mean post length strays from the corpus's by ~10-20 %. Our cost per post follows its length, the reference's
     # does not (always 128 tokens), so ours at the corpus's mean length is its real tokens/s over that mean.
-    summary["ours_train"]["samples_per_s_at_corpus_mean_length"] = summary["ours_train"]["real_tokens_per_s"] / corpus_mean
-    for key in ("agreement", "int8_agreement_with_ours_fp32"):
-        if key in runs[0]:
-            summary[key] = {"same_label": sum(run[key]["same_label"] for run in runs),
-                            "posts": sum(run[key]["posts"] for run in runs),
-                            "max_abs_prob_diff": max(run[key]["max_abs_prob_diff"] or 0 for run in runs)}  # fmt: skip
+    for side, figure in summary["train"].items():
+        if side != "reference":
+            figure["samples_per_s_at_corpus_mean_length"] = figure["real_tokens_per_s"] / corpus_mean
+    summary["agreement"] = {
+        mode: {"same_label": sum(run["agreement"][mode]["same_label"] for run in runs),
+               "posts": sum(run["agreement"][mode]["posts"] for run in runs),
+               "max_abs_prob_diff": max(run["agreement"][mode]["max_abs_prob_diff"] or 0 for run in runs)}
+        for mode in runs[0]["agreement"]
+    }  # fmt: skip
     return summary
 
 
 def table(results: dict[str, Any]) -> str:
-    s, machine, memory = results["summary"], results["machine"], results["memory"]
+    s, machine, memory, api = results["summary"], results["machine"], results["memory"], results["api"]
 
     def num(value: Optional[float], digits: int = 1) -> str:
         return "—" if value is None else f"{value:,.{digits}f}"
@@ -602,78 +686,53 @@ def table(results: dict[str, Any]) -> str:
     def ratio(ours: Optional[float], reference: Optional[float]) -> str:
         return "—" if not ours or not reference else f"{ours / reference:.2f}×"
 
-    def row(metric: str, reference: str, ours: str, ratio_: str = "", target: str = "") -> str:
-        return f"| {metric} | {reference} | {ours} | {ratio_} | {target} |"
-
     lines = [
-        (f"{machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}; {machine['date']}; "
-         f"1-min load average {machine['load_average_at_start']:.1f} at the start, "
-         f"{results['load_average_at_end']:.1f} at the end"),
+        f"CPU: {machine['cpu']}",
+        (f"{machine['cores']} cores, torch threads {machine['torch_threads']}; torch {machine['torch']}, "
+         f"onnxruntime {machine['onnxruntime']}; {machine['date']}; 1-min load average "
+         f"{machine['load_average_at_start']:.1f} at the start, {results['load_average_at_end']:.1f} at the end"),
         (f"`{machine['command']}`; model: {results['model']}, "
          f"{s['non_embedding_parameters'] / 1e6:.1f} M non-embedding parameters; medians of "
-         f"{results['settings']['repeats']} alternating repeat(s)"),
+         f"{results['settings']['repeats']} alternating repeat(s); fp32 matmul peak "
+         f"{results['matmul']['peak_gflops']:.0f} GFLOP/s ({results['matmul']['best_shape']})"),
         "",
-        "| metric | reference | ours | ratio ours/ref | target |",
-        "| --- | --- | --- | --- | --- |",
+        "| stage | side / mode | posts or samples/s | × reference | padding | GFLOP/s (% of fp32 peak) | "
+        "peak MB (with workers) | same label as the reference | max \\|Δ prob\\| |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for stage, unit in (("train", "samples"), ("predict", "posts")):
-        ref, ours = s[f"reference_{stage}"], s[f"ours_{stage}"]
-        lines.append(row(f"{stage}: {unit}/s", num(ref[f"{unit}_per_s"]), num(ours[f"{unit}_per_s"]),
-                         ratio(ours[f"{unit}_per_s"], ref[f"{unit}_per_s"]), "higher"))
-        if stage == "train":
-            adjusted = ours["samples_per_s_at_corpus_mean_length"]
-            lines.append(row("train: samples/s at the mean post length (ours: real tokens/s ÷ mean)",
-                             num(ref["samples_per_s"]), num(adjusted), ratio(adjusted, ref["samples_per_s"]), "higher"))
-        lines += [
-            row(f"{stage}: real tokens per {unit[:-1]} (timed stretch)", num(ref["real_tokens_per_sample"]),
-                num(ours["real_tokens_per_sample"]), "", f"all posts: {s['corpus_real_tokens_per_post']:.1f}"),
-            row(f"{stage}: share of tokens that are padding", f"{ref['padding_share']:.0%}",
-                f"{ours['padding_share']:.0%}", "", "lower"),
-            row(f"{stage}: achieved GFLOP/s (real tokens), % of peak",
-                f"{num(ref['gflops'])} ({ref['share_of_peak']:.0%})", f"{num(ours['gflops'])} ({ours['share_of_peak']:.0%})",
-                ratio(ours["gflops"], ref["gflops"]), "higher"),
-            row(f"{stage}: GFLOP/s executed, padding included, % of peak", f"{num(ref['gflops_with_padding'])} "
-                f"({ref['gflops_with_padding'] / s['peak_gflops']:.0%})", f"{num(ours['gflops_with_padding'])} "
-                f"({ours['gflops_with_padding'] / s['peak_gflops']:.0%})", "", ""),
-            row(f"{stage}: peak RSS MB", num(ref["peak_rss_mb"], 0), num(ours["peak_rss_mb"], 0),
-                ratio(ours["peak_rss_mb"], ref["peak_rss_mb"]), "lower"),
-            row(f"{stage}: peak MB with worker processes (sampled)", num(ref["peak_tree_mb"], 0),
-                num(ours["peak_tree_mb"], 0), ratio(ours["peak_tree_mb"], ref["peak_tree_mb"]), "lower"),
-            row(f"{stage}: wall time of the process, start-up included, s", num(ref["wall_seconds"]),
-                num(ours["wall_seconds"]), ratio(ours["wall_seconds"], ref["wall_seconds"]), ""),
-        ]  # fmt: skip
-    agreement = s["agreement"]
-    lines.append(row("predict: same label as the reference (same adapter)", "", f"{agreement['same_label']} of "
-                     f"{agreement['posts']}", f"{agreement['same_label'] / agreement['posts']:.2%}", "all"))
-    lines.append(row("predict: max abs difference of prob_positive", "", f"{agreement['max_abs_prob_diff']:.1e}",
-                     "", "≤ 1e-4"))  # fmt: skip
-    if "int8_predict" in s:
-        int8, ref, agree = s["int8_predict"], s["reference_predict"], s["int8_agreement_with_ours_fp32"]
-        lines += [
-            row("predict int8 (`--model.quantize int8`): posts/s", num(ref["posts_per_s"]), num(int8["posts_per_s"]),
-                ratio(int8["posts_per_s"], ref["posts_per_s"]), "higher"),
-            row("predict int8: same label as our fp32", "", f"{agree['same_label']} of {agree['posts']}",
-                f"{agree['same_label'] / agree['posts']:.2%}", "high"),
-            row("predict int8: max abs prob_positive difference to fp32", "", f"{agree['max_abs_prob_diff']:.1e}", "", ""),
-            row("predict int8: peak RSS MB", num(ref["peak_rss_mb"], 0), num(int8["peak_rss_mb"], 0),
-                ratio(int8["peak_rss_mb"], ref["peak_rss_mb"]), "lower"),
-            row("predict int8: peak MB with worker processes (sampled)", num(ref["peak_tree_mb"], 0),
-                num(int8["peak_tree_mb"], 0), ratio(int8["peak_tree_mb"], ref["peak_tree_mb"]), "lower"),
-        ]  # fmt: skip
+        reference = s[stage]["reference"][f"{unit}_per_s"]
+        for side, f in s[stage].items():
+            rate = num(f[f"{unit}_per_s"], 2)
+            if stage == "train" and side != "reference":
+                at_mean = f["samples_per_s_at_corpus_mean_length"]
+                rate += f" ({num(at_mean, 2)} at the mean length, {ratio(at_mean, reference)})"
+            agree = s["agreement"].get(side) if stage == "predict" else None
+            agreement = f"{agree['same_label']} of {agree['posts']} ({agree['same_label'] / agree['posts']:.1%})" if agree else ""
+            diff = f"{agree['max_abs_prob_diff']:.1e}" if agree else ""
+            lines.append(f"| {stage} | {side} | {rate} | {ratio(f[f'{unit}_per_s'], reference)} | "
+                         f"{f['padding_share']:.0%} | {num(f['gflops'])} ({f['share_of_peak']:.0%}) | "
+                         f"{num(f['peak_rss_mb'], 0)} ({num(f['peak_tree_mb'], 0)}) | {agreement} | {diff} |")  # fmt: skip
+    if api:
+        base = api["torch fp32"]["texts/s"]
+        for mode, figure in api.items():
+            lines.append(f"| API, {results['settings']['api_texts']} texts × {results['settings']['api_clients']} "
+                         f"clients | {mode} | {num(figure['texts/s'])} texts/s, p50 {figure['p50 ms']:.0f} ms | "
+                         f"{ratio(figure['texts/s'], base)} of torch fp32 | | | | | |")  # fmt: skip
+    for mode, first in results["first_runs"].items():
+        lines.append(f"| predict, first run (exports) | {mode} | wall {first['wall_seconds']:.1f} s (later runs: "
+                     f"{s['predict'][mode]['wall_seconds']:.1f} s) | | | | {first['peak_rss_mb']:,.0f} "
+                     f"({first['peak_tree_mb']:,.0f}) | | |")  # fmt: skip
     small, large = memory["small"], memory["large"]
     lines += [
-        row(f"predict peak RSS MB, {memory['small_lines']:,} → {memory['large_lines']:,} lines (GPT-2 2 x 32)", "",
-            f"{small['peak_rss_mb']:,.0f} → {large['peak_rss_mb']:,.0f}", f"{memory['rss_ratio']:.2f}×", "≤ 1.10×"),
-        row("the same, with worker processes (sampled)", "",
-            f"{small['peak_tree_mb']:,.0f} → {large['peak_tree_mb']:,.0f}", f"{memory['tree_ratio']:.2f}×", ""),
-        row(f"the {memory['large_lines']:,}-line run with workers: peak in its 2nd quarter → in its 2nd half", "",
-            f"{memory['large_second_quarter_peak_mb']:,.0f} → {memory['large_second_half_peak_mb']:,.0f}",
-            f"{memory['large_second_half_peak_mb'] / memory['large_second_quarter_peak_mb']:.2f}×", "≤ 1.10×"),
-        row(f"predict posts/s on those {memory['large_lines']:,} lines (tiny model, 1 thread)", "",
-            num(large["posts"] / large["seconds"], 0), "", ""),
-        row("machine: fp32 matmul peak GFLOP/s, " + results["matmul"]["best_shape"], "",
-            num(results["matmul"]["peak_gflops"]), "", ""),
-    ]  # fmt: skip
+        "",
+        (f"predict peak RSS, {memory['small_lines']:,} → {memory['large_lines']:,} input lines (GPT-2 2 × 32, "
+         f"1 thread): {small['peak_rss_mb']:,.0f} → {large['peak_rss_mb']:,.0f} MB ({memory['rss_ratio']:.2f}×); "
+         f"with workers {small['peak_tree_mb']:,.0f} → {large['peak_tree_mb']:,.0f} MB ({memory['tree_ratio']:.2f}×); "
+         f"within the {memory['large_lines']:,}-line run, peak with workers in its 2nd quarter → 2nd half: "
+         f"{memory['large_second_quarter_peak_mb']:,.0f} → {memory['large_second_half_peak_mb']:,.0f} MB; "
+         f"{large['posts'] / large['seconds']:,.0f} posts/s"),
+    ]
     return "\n".join(lines + [f"\nNote: {note}" for note in results["notes"]])
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -92,7 +95,24 @@ def test_the_onnx_export_is_cached_by_trained_weights_and_base_model(trained_loo
         next(p for n, p in module.named_parameters() if "lora_B" in n).sub_(0.01)
 
 
-def test_engine_cache_keeps_a_bounded_number_of_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Path) -> None:
+    """Python randomises set order per process (peft keeps target_modules as a set): the key must not see it."""
+    module = SentimentClassifier(tiny_gpt2)
+    randomize_trainable(module)
+    module.model.save_pretrained(str(tmp_path / "adapter"))
+    script = ("import sys; from weibo_sentiment.model import SentimentClassifier; "
+              "from weibo_sentiment.engine import model_fingerprint; "
+              "m = SentimentClassifier(sys.argv[1], adapter_path=sys.argv[2]); "
+              "print(model_fingerprint(m.model, sys.argv[1]))")  # fmt: skip
+    keys = {
+        subprocess.run([sys.executable, "-c", script, tiny_gpt2, str(tmp_path / "adapter")], capture_output=True,
+                       text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(keys) == 1 and len(keys.pop()) == 32
+
+
+def test_engine_cache_keeps_a_bounded_number_of_models(tmp_path: Path) -> None:
     for number in range(engine_module.CACHE_ENTRIES_KEPT + 2):
         (tmp_path / f"entry{number}").mkdir()
     engine_module._evict(tmp_path, keep=engine_module.CACHE_ENTRIES_KEPT)

@@ -245,7 +245,10 @@ def model_fingerprint(peft_model: Any, base_model: str) -> str:
     for name, tensor in sorted(get_peft_model_state_dict(peft_model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(repr(sorted(peft_model.peft_config["default"].to_dict().items(), key=str)).encode())
+    # Sorted keys, and sets (target_modules) as sorted lists: the same settings give the same key in every process.
+    settings = peft_model.peft_config["default"].to_dict()
+    digest.update(json.dumps(settings, sort_keys=True, default=lambda v: sorted(map(str, v))
+                             if isinstance(v, (set, frozenset)) else str(v)).encode())  # fmt: skip
     base = Path(base_model)
     if base.is_dir():
         for file in sorted(base.iterdir()):
