@@ -16,6 +16,7 @@ and a randomly initialised model of the real one's full shape::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from transformers import (
     BertTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    PretrainedConfig,
 )
 
 VOCAB_DIR = Path(__file__).resolve().parent.parent / "assets" / "vocab"
@@ -38,6 +40,16 @@ def save_tokenizer(out_dir: Path, vocab_dir: Path = VOCAB_DIR) -> BertTokenizer:
     return tokenizer
 
 
+def save_random_model(out_dir: str | Path, model_class: type, seed: int, dtype: torch.dtype,
+                      config_for: Callable[[int], PretrainedConfig]) -> Path:  # fmt: skip
+    """A randomly initialised ``model_class`` of ``config_for(vocabulary size)``, saved with the tokenizer."""
+    out_dir = Path(out_dir)
+    config = config_for(len(save_tokenizer(out_dir)))
+    torch.manual_seed(seed)
+    model_class(config).to(dtype).save_pretrained(str(out_dir))
+    return out_dir
+
+
 def build_gpt2(
     out_dir: str | Path,
     n_embd: int = 64,
@@ -48,23 +60,11 @@ def build_gpt2(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A GPT-2 shaped like ``uer/gpt2-chinese-cluecorpussmall`` (which is n_embd=768, n_layer=12, n_head=12)."""
-    out_dir = Path(out_dir)
-    tokenizer = save_tokenizer(out_dir)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        # The real model's config carries GPT-2's bos/eos 50256, outside its 21,128-token vocab:
-        # keep that so the code under test must take pad_token_id from the tokenizer, as it must for the real one.
-        bos_token_id=50256,
-        eos_token_id=50256,
-        tokenizer_class="BertTokenizer",
-    )
-    torch.manual_seed(seed)
-    GPT2LMHeadModel(config).to(dtype).save_pretrained(str(out_dir))
-    return out_dir
+    # The real model's config carries GPT-2's bos/eos 50256, outside its 21,128-token vocab: keep that so the code
+    # under test must take pad_token_id from the tokenizer, as it must for the real one.
+    return save_random_model(out_dir, GPT2LMHeadModel, seed, dtype, lambda vocab_size: GPT2Config(
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        bos_token_id=50256, eos_token_id=50256, tokenizer_class="BertTokenizer"))  # fmt: skip
 
 
 def pretrain_gpt2(model_dir: str | Path, texts: list[str], epochs: int = 1, batch_size: int = 32, lr: float = 3e-3,
@@ -103,19 +103,9 @@ def pretrain_gpt2(model_dir: str | Path, texts: list[str], epochs: int = 1, batc
 
 def build_bert(out_dir: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
     """A BERT-style Chinese encoder, to show that nothing but the defaults is GPT-2-specific."""
-    out_dir = Path(out_dir)
-    tokenizer = save_tokenizer(out_dir)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        intermediate_size=hidden_size * 4,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(str(out_dir))
-    return out_dir
+    return save_random_model(out_dir, BertForSequenceClassification, seed, torch.float32, lambda vocab_size: BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=hidden_size * 4, max_position_embeddings=256))  # fmt: skip
 
 
 def main() -> None:
