@@ -28,6 +28,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,22 +57,23 @@ FIT_WITHOUT_VALIDATION = ["--trainer.callbacks=lightning.pytorch.callbacks.Learn
 class Settings:
     """Sizes of one run; ``--quick`` shrinks the model and the work, the flags override either."""
 
-    layers: int = 12
-    width: int = 768
-    heads: int = 12
+    # the model: a random GPT-2 of the real one's shape, (layers, width, heads)
+    shape: tuple[int, int, int] = (12, 768, 12)
+    # training: batches left out at the start, then batches timed
     warmup_steps: int = 3
     timed_steps: int = 16
+    # prediction: posts labelled per run, alternating reference/ours rounds
     predict_posts: int = 300
     repeats: int = 2
+    # memory: input lines of the small and the large run
     memory_lines: tuple[int, int] = (1_000, 1_000_000)
     matmul_repeats: int = 10
-    api_texts: int = 64  # texts per request, for the API comparison
-    api_clients: int = 16  # concurrent clients
-    api_requests: int = 48  # requests per mode and repeat
+    # the API: texts per request, concurrent clients, requests per mode and round
+    api_load: tuple[int, int, int] = (64, 16, 48)
 
 
-QUICK = Settings(layers=4, width=256, heads=4, warmup_steps=2, timed_steps=8, predict_posts=100, repeats=1,
-                 memory_lines=(1_000, 100_000), matmul_repeats=5, api_requests=32)  # fmt: skip
+QUICK = Settings(shape=(4, 256, 4), warmup_steps=2, timed_steps=8, predict_posts=100, repeats=1,
+                 memory_lines=(1_000, 100_000), matmul_repeats=5, api_load=(64, 16, 32))  # fmt: skip
 
 
 # =====================================================================================================================
@@ -458,14 +460,14 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     print(f"CPU: {cpu['description']}")
 
     # ---- inputs: one model, the training posts, a sample of them to label -------------------------------------
+    layers, width, heads = settings.shape
     if args.model:
         model_dir = args.model
     else:
-        print(f"building a random GPT-2, {settings.layers} layers x {settings.width}, the real vocabulary")
+        print(f"building a random GPT-2, {layers} layers x {width}, the real vocabulary")
         model_dir = str(work / "model")
-        runner.worker("build-model", {"out": model_dir, "layers": settings.layers, "width": settings.width,
-                                      "heads": settings.heads})  # fmt: skip
-    results["model"] = args.model or f"random GPT-2, {settings.layers} layers x {settings.width}, 21,128-token vocab"
+        runner.worker("build-model", {"out": model_dir, "layers": layers, "width": width, "heads": heads})
+    results["model"] = args.model or f"random GPT-2, {layers} layers x {width}, 21,128-token vocab"
     rows = read_rows(args.posts)
     texts = [text for _, text in rows]
     # Our fit holds no posts out when given a validation file; a tiny one, never run (limit_val_batches 0).
@@ -576,10 +578,27 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     return results
 
 
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to a process's whole group, SIGKILL to what is left after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            os.killpg(process.pid, signal.SIGKILL)  # the group's other members, if any outlived it
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, settings: Settings,
                    cpu: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """texts/s of the HTTP API at ``api_texts`` texts x ``api_clients`` clients: the server in today's mode (torch
-    fp32) and in the fastest (onnxruntime int8), started in turn, ``repeats`` times each, on the same model."""
+    """texts/s of the HTTP API under ``settings.api_load`` (texts per request, clients, requests): the server in
+    today's mode (torch fp32) and in the fastest (onnxruntime int8), started in turn, ``repeats`` times each, on
+    the same model."""
     import socket
     import urllib.request
 
@@ -588,7 +607,8 @@ def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, set
     posts = [text for _, text in read_rows(POSTS)]
     modes = {"torch fp32": [], "onnxruntime int8": ["--quantize", "int8"]}
     figures: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
-    print(f"API: {settings.api_texts} texts x {settings.api_clients} clients, {settings.api_requests} requests")
+    texts, clients, requests = settings.api_load
+    print(f"API: {texts} texts x {clients} clients, {requests} requests")
     for repeat in range(settings.repeats):
         for mode, extra in modes.items():
             with socket.socket() as sock:
@@ -598,8 +618,9 @@ def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, set
                        "--model.model_name_or_path", model_dir, "--model.adapter_path", adapter,
                        "--serve.port", str(port), *extra]  # fmt: skip
             log = open(work / f"api-{repeat}-{mode.replace(' ', '-')}.log", "w", encoding="utf-8")
+            # A session of its own: the server and its worker processes are stopped together, as a group.
             server = subprocess.Popen(command, cwd=ROOT, env=runner.environment(runner.threads), stdout=log,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
+                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
             url = f"http://127.0.0.1:{port}"
             try:
                 deadline = time.monotonic() + 600
@@ -612,14 +633,9 @@ def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, set
                         time.sleep(0.5)
                     if server.poll() is not None:
                         sys.exit(f"error: the API server ({mode}) stopped; see {log.name}")
-                result = measure(f"{url}/api/sentiment", settings.api_clients, settings.api_texts,
-                                 settings.api_requests, posts)  # fmt: skip
+                result = measure(f"{url}/api/sentiment", clients, texts, requests, posts)
             finally:
-                server.send_signal(2)
-                try:
-                    server.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+                stop_group(server)
                 log.close()
             print(f"  API {mode}: {result['texts/s']:.1f} texts/s, p50 {result['p50 ms']:.0f} ms")
             figures[mode].append(result)
@@ -716,7 +732,8 @@ def table(results: dict[str, Any]) -> str:
     if api:
         base = api["torch fp32"]["texts/s"]
         for mode, figure in api.items():
-            lines.append(f"| API, {results['settings']['api_texts']} texts × {results['settings']['api_clients']} "
+            texts, clients, _ = results["settings"]["api_load"]
+            lines.append(f"| API, {texts} texts × {clients} "
                          f"clients | {mode} | {num(figure['texts/s'])} texts/s, p50 {figure['p50 ms']:.0f} ms | "
                          f"{ratio(figure['texts/s'], base)} of torch fp32 | | | | | |")  # fmt: skip
     for mode, first in results["first_runs"].items():

@@ -330,7 +330,7 @@ class RceMarker:
 def checkpoint_variant(trained: dict, base: str, out: Path, keep_hparams: bool, **hparams) -> Path:
     """The trained checkpoint with the tensors of a model built with ``hparams`` (and those hparams, or none)."""
     checkpoint = torch.load(trained["best"], weights_only=True)
-    module = SentimentClassifier(base, **hparams)
+    module = SentimentClassifier(model_name_or_path=base, **hparams)
     checkpoint["state_dict"] = module.state_dict()
     if keep_hparams:
         checkpoint["hyper_parameters"] = dict(module.hparams)

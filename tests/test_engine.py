@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -22,7 +23,7 @@ from weibo_sentiment.model import SentimentClassifier
 @pytest.fixture(scope="module")
 def trained_looking(tiny_gpt2: str) -> tuple[SentimentClassifier, dict, torch.Tensor]:
     """A model with trained-looking LoRA, a batch with a padded row, and its unmerged eager fp32 probabilities."""
-    module = SentimentClassifier(tiny_gpt2)
+    module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     randomize_trainable(module)
     batch = sample_batch()
     module.eval()
@@ -34,7 +35,7 @@ def trained_looking(tiny_gpt2: str) -> tuple[SentimentClassifier, dict, torch.Te
 
 def label(module: SentimentClassifier, batch: dict, precision: str = "32-true", **settings) -> tuple[torch.Tensor, object]:
     """The probabilities of ``batch`` from the engine of ``module`` in the given mode (engine closed after)."""
-    module.hparams.update({"runtime": None, "quantize": None, **settings})
+    module.settings = replace(module.settings, **{"runtime": None, "quantize": None, **settings})
     engine = module.inference_engine(precision)
     try:
         return engine(batch["input_ids"], batch["attention_mask"]), engine
@@ -44,7 +45,7 @@ def label(module: SentimentClassifier, batch: dict, precision: str = "32-true", 
 
 def test_torch_engine_merges_lora_into_the_base_weights_and_undoes_it_on_close(trained_looking) -> None:
     module, batch, unmerged = trained_looking
-    module.hparams.update({"runtime": "torch", "quantize": None})
+    module.settings = replace(module.settings, runtime="torch", quantize=None)
     engine = module.inference_engine()
     lora_layers = [m for m in module.modules() if hasattr(m, "merged")]
     assert lora_layers and all(layer.merged for layer in lora_layers)  # one matmul per layer, not three
@@ -87,22 +88,22 @@ def test_the_onnx_export_is_cached_by_trained_weights_and_base_model(trained_loo
     _, again = label(module, batch, runtime="onnxruntime")
     assert again.path == first.path and again.path.stat().st_mtime_ns == exported_at  # taken from the cache
     assert again.path.parent.parent == onnx_cache
-    before = model_fingerprint(module.model, module.hparams.model_name_or_path)
+    before = model_fingerprint(module.model, module.settings.model_name_or_path)
     with torch.no_grad():
         next(p for n, p in module.named_parameters() if "lora_B" in n).add_(0.01)
-    assert model_fingerprint(module.model, module.hparams.model_name_or_path) != before  # other weights, other entry
+    assert model_fingerprint(module.model, module.settings.model_name_or_path) != before  # other weights, other entry
     with torch.no_grad():
         next(p for n, p in module.named_parameters() if "lora_B" in n).sub_(0.01)
 
 
 def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Path) -> None:
     """Python randomises set order per process (peft keeps target_modules as a set): the key must not see it."""
-    module = SentimentClassifier(tiny_gpt2)
+    module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     randomize_trainable(module)
     module.model.save_pretrained(str(tmp_path / "adapter"))
     script = ("import sys; from weibo_sentiment.model import SentimentClassifier; "
               "from weibo_sentiment.engine import model_fingerprint; "
-              "m = SentimentClassifier(sys.argv[1], adapter_path=sys.argv[2]); "
+              "m = SentimentClassifier(model_name_or_path=sys.argv[1], adapter_path=sys.argv[2]); "
               "print(model_fingerprint(m.model, sys.argv[1]))")  # fmt: skip
     keys = {
         subprocess.run([sys.executable, "-c", script, tiny_gpt2, str(tmp_path / "adapter")], capture_output=True,

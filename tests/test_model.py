@@ -45,7 +45,7 @@ def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_only_lora_and_the_head_train_and_only_they_are_checkpointed(tiny_gpt2: str) -> None:
-    module = SentimentClassifier(tiny_gpt2)
+    module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     assert module.trainable_keys() == gpt2_trainable_keys()
     assert set(module.state_dict()) == gpt2_trainable_keys()
     assert module.model.peft_config["default"].fan_in_fan_out  # GPT-2's Conv1D stores weights transposed
@@ -57,7 +57,7 @@ def test_pad_id_comes_from_the_tokenizer_not_from_eos(tiny_gpt2: str) -> None:
 
 
 def test_a_training_step_changes_only_trainable_tensors(tiny_gpt2: str) -> None:
-    module = SentimentClassifier(tiny_gpt2)
+    module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     randomize_trainable(module)
     before = {k: v.clone() for k, v in module.model.named_parameters()}
     loss = torch.nn.functional.cross_entropy(module(**{k: v for k, v in sample_batch().items() if k != "labels"}),
@@ -69,7 +69,7 @@ def test_a_training_step_changes_only_trainable_tensors(tiny_gpt2: str) -> None:
 
 
 def test_a_bert_style_encoder_works_by_changing_the_config_only(tiny_bert: str) -> None:
-    module = SentimentClassifier(tiny_bert, target_modules=["query", "value"])
+    module = SentimentClassifier(model_name_or_path=tiny_bert, target_modules=["query", "value"])
     expected = {
         f"model.base_model.model.bert.encoder.layer.{i}.attention.self.{m}.lora_{ab}.default.weight"
         for i in range(2)
@@ -85,22 +85,22 @@ def test_a_bert_style_encoder_works_by_changing_the_config_only(tiny_bert: str) 
 
 def test_target_modules_that_do_not_exist_are_a_user_error(tiny_gpt2: str) -> None:
     with pytest.raises(UserError, match="none of model.target_modules"):
-        SentimentClassifier(tiny_gpt2, target_modules=["query"])
+        SentimentClassifier(model_name_or_path=tiny_gpt2, target_modules=["query"])
 
 
 def test_loading_a_checkpoint_of_another_shape_is_a_clear_error(tiny_gpt2: str) -> None:
-    saved = {"state_dict": SentimentClassifier(tiny_gpt2, lora_r=4).state_dict()}
-    SentimentClassifier(tiny_gpt2, lora_r=4).on_load_checkpoint(saved)  # the same shape loads
+    saved = {"state_dict": SentimentClassifier(model_name_or_path=tiny_gpt2, lora_r=4).state_dict()}
+    SentimentClassifier(model_name_or_path=tiny_gpt2, lora_r=4).on_load_checkpoint(saved)  # the same shape loads
     with pytest.raises(UserError, match=r"12 of another shape .* lora_r"):
-        SentimentClassifier(tiny_gpt2, lora_r=8).on_load_checkpoint(saved)
+        SentimentClassifier(model_name_or_path=tiny_gpt2, lora_r=8).on_load_checkpoint(saved)
     with pytest.raises(UserError, match="of another shape"):
-        SentimentClassifier(tiny_gpt2, lora_r=4, num_labels=3).on_load_checkpoint(saved)
+        SentimentClassifier(model_name_or_path=tiny_gpt2, lora_r=4, num_labels=3).on_load_checkpoint(saved)
     with pytest.raises(UserError, match="missing"):
-        SentimentClassifier(tiny_gpt2).on_load_checkpoint({"state_dict": {}})
+        SentimentClassifier(model_name_or_path=tiny_gpt2).on_load_checkpoint({"state_dict": {}})
 
 
 def test_exported_adapter_loads_with_plain_peft_and_gives_the_same_logits(tiny_gpt2: str, tmp_path: Path) -> None:
-    module = SentimentClassifier(tiny_gpt2)
+    module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     randomize_trainable(module)
     module.eval()
     export_adapter(module.model, tmp_path / "adapter")
@@ -118,10 +118,10 @@ def test_exported_adapter_loads_with_plain_peft_and_gives_the_same_logits(tiny_g
 
 
 def test_an_adapter_for_another_base_is_a_clear_error(tiny_gpt2: str, tiny_bert: str, tmp_path: Path) -> None:
-    export_adapter(SentimentClassifier(tiny_bert, target_modules=["query", "value"]).model, tmp_path / "bert")
+    export_adapter(SentimentClassifier(model_name_or_path=tiny_bert, target_modules=["query", "value"]).model, tmp_path / "bert")
     with pytest.raises(UserError, match="does not fit the base model"):
         load_adapter(load_backbone(tiny_gpt2, 2), str(tmp_path / "bert"))
-    wider = SentimentClassifier(str(Path(tiny_gpt2)), lora_r=8)
+    wider = SentimentClassifier(model_name_or_path=str(Path(tiny_gpt2)), lora_r=8)
     export_adapter(wider.model, tmp_path / "gpt2")
     with pytest.raises(UserError, match="does not fit the base model"):
         load_adapter(load_backbone(tiny_gpt2, 3), str(tmp_path / "gpt2"))  # a 3-label head

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from weibo_sentiment.data.tokenizer import load_tokenizer
 from weibo_sentiment.errors import UserError, explain_load_error, first_line
+from weibo_sentiment.settings import ModelSettings
 
 ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
 """Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
+CHECKPOINT_PREFIX = "model."
+"""A checkpoint's tensors are the LightningModule's, whose peft model is its attribute ``model``."""
 
 
 def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
@@ -76,6 +79,33 @@ def load_adapter(backbone: PreTrainedModel, adapter_path: str) -> PeftModel:
     if missing:
         raise UserError(f"{adapter_path}: the adapter does not fit the base model: {first_line(Exception(missing[0]))}")
     return model
+
+
+def build_peft_model(settings: ModelSettings) -> PeftModel:
+    """The backbone with LoRA: a saved adapter (``adapter_path``) or a fresh one, in training mode.
+
+    from_pretrained returns eval mode, and Lightning keeps modules' modes: training runs with the backbone's dropout
+    on, as the reference recipe does; validation and prediction switch to eval mode as usual.
+    """
+    backbone = load_backbone(settings.model_name_or_path, settings.num_labels)
+    backbone.train()
+    if settings.adapter_path:
+        return load_adapter(backbone, settings.adapter_path)
+    return get_peft_model(backbone, lora_config(backbone, settings.target_modules, settings.lora_r,
+                                                settings.lora_alpha, settings.lora_dropout))  # fmt: skip
+
+
+def trainable_shapes(peft_model: PeftModel) -> dict[str, torch.Size]:
+    """The checkpoint keys and shapes of a peft model's trainable tensors (LoRA matrices, classification head)."""
+    return {CHECKPOINT_PREFIX + name: p.shape for name, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def load_trained_tensors(peft_model: PeftModel, checkpoint: dict[str, Any], base: str) -> None:
+    """Put a checkpoint's trained tensors into ``peft_model``, after checking they are exactly the expected ones."""
+    found = checkpoint.get("state_dict") or {}
+    check_trainable_tensors(trainable_shapes(peft_model), found, base)
+    peft_model.load_state_dict({key.removeprefix(CHECKPOINT_PREFIX): value for key, value in found.items()},
+                               strict=False)  # fmt: skip
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

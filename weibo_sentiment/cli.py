@@ -27,13 +27,14 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from weibo_sentiment.backbone import checkpoint_architecture, find_last_checkpoint, read_checkpoint
 from weibo_sentiment.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
-from weibo_sentiment.config import LAST, ServeSettings, link_data_to_model
+from weibo_sentiment.config import LAST, link_data_to_model
 from weibo_sentiment.data.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
 from weibo_sentiment.model import SentimentClassifier
 from weibo_sentiment.prediction_writer import PredictionWriter
 from weibo_sentiment.reports import EvaluationReport
+from weibo_sentiment.settings import ServeSettings
 
 # Library noise that says nothing to a user of this tool (each checked: harmless here).
 for _message in (

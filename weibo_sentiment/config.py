@@ -1,37 +1,32 @@
 """One configuration for every entry point: ``main.py``'s YAML, read by jsonargparse.
 
-``main.py`` (LightningCLI) and the API, the console and the export (``inference_parser``) read the same ``model:``
-and ``data:`` sections, checked against the same classes with the same links, so a typo anywhere gets the same
-one-line message; ``serve:`` holds the API's own settings. ``--print_config`` shows what each resolved.
+``main.py`` (LightningCLI, ``cli``) and the API, the console and the export (``inference_parser`` here) read the
+same ``model:`` and ``data:`` sections, checked against the same classes (``settings``) with the same links, so a
+typo anywhere gets the same one-line message and ``--print_config`` shows what each resolved. Nothing here imports
+Lightning: the API's process does not need it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from peft import PeftModel
 
-from weibo_sentiment.backbone import checkpoint_architecture, find_last_checkpoint, read_checkpoint
-from weibo_sentiment.data.datamodule import WeiboDataModule
-from weibo_sentiment.model import SentimentClassifier
+from weibo_sentiment.backbone import (
+    build_peft_model,
+    checkpoint_architecture,
+    find_last_checkpoint,
+    load_trained_tensors,
+    read_checkpoint,
+)
+from weibo_sentiment.engine import is_exported, refuse_checkpoint
+from weibo_sentiment.errors import UserError
+from weibo_sentiment.settings import DataSettings, ModelSettings, ServeSettings
 
 LAST = "last"
 """``--ckpt_path last``: the newest ``last.ckpt`` under ``lightning_logs/``."""
-
-
-@dataclass
-class ServeSettings:
-    """The HTTP API's settings (the ``serve:`` section of a config)."""
-
-    host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 to serve other machines
-    port: int = 8000
-    max_batch_size: int = 32  # requests answered by one forward pass at most
-    batch_timeout: float = 0.01  # seconds a request may wait for others to share its forward pass
-    workers: int = 1  # model worker processes
-    max_texts: int = 256  # texts per request at most
-    max_chars: int = 10_000  # characters per text at most (longer: rejected; the model reads 128 tokens)
 
 
 def link_data_to_model(parser: ArgumentParser) -> None:
@@ -56,8 +51,8 @@ def inference_parser(description: str) -> ArgumentParser:
                         help="int8: onnxruntime's int8 matrix products (overrides model.quantize)")  # fmt: skip
     parser.add_argument("--precision", type=Literal["32-true", "bf16-mixed"], default="32-true",
                         help="bf16-mixed: bf16 on GPUs and CPUs with AVX512_BF16/AMX (runtime torch)")  # fmt: skip
-    parser.add_class_arguments(SentimentClassifier, "model")
-    parser.add_class_arguments(WeiboDataModule, "data")
+    parser.add_class_arguments(ModelSettings, "model")
+    parser.add_class_arguments(DataSettings, "data")
     link_data_to_model(parser)
     parser.add_class_arguments(ServeSettings, "serve")
     # main.py's own sections of the same file: accepted, not used here.
@@ -65,16 +60,6 @@ def inference_parser(description: str) -> ArgumentParser:
     for section in ("trainer", "checkpoint", "predict_writer"):
         parser.add_argument(f"--{section}", type=Optional[dict], default=None, help="main.py's; not used here")
     return parser
-
-
-def trained_model(parser: ArgumentParser, config: Namespace) -> tuple[Namespace, SentimentClassifier, WeiboDataModule]:
-    """The model and data module a parsed ``inference_parser`` config names, with the checkpoint's weights loaded."""
-    config, checkpoint = with_checkpoint(parser, config)
-    classes = parser.instantiate_classes(config)
-    if checkpoint is not None:
-        classes.model.on_load_checkpoint(checkpoint)  # exactly the expected tensors, or a clear error
-        classes.model.load_state_dict(checkpoint["state_dict"], strict=False)
-    return config, classes.model, classes.data
 
 
 def with_checkpoint(parser: ArgumentParser, config: Namespace) -> tuple[Namespace, Optional[dict[str, Any]]]:
@@ -90,3 +75,25 @@ def with_checkpoint(parser: ArgumentParser, config: Namespace) -> tuple[Namespac
     if overrides:
         config = parser.parse_object({"model": overrides}, config)
     return config, checkpoint
+
+
+def trained_model(parser: ArgumentParser, config: Namespace) -> tuple[Namespace, ModelSettings, Optional[PeftModel]]:
+    """The settings of a parsed ``inference_parser`` config, and its peft model with the checkpoint's trained
+    tensors loaded (none for an exported model, which holds its own)."""
+    config, checkpoint = with_checkpoint(parser, config)
+    settings = ModelSettings(**vars(config.model))
+    if is_exported(settings.model_name_or_path):
+        if checkpoint is not None:
+            raise refuse_checkpoint(settings.model_name_or_path)
+        return config, settings, None
+    model = build_peft_model(settings)
+    if checkpoint is not None:
+        try:
+            load_trained_tensors(model, checkpoint, settings.model_name_or_path)
+        except UserError as err:
+            raise UserError(f"{config.ckpt_path}: {err}") from None
+    return config, settings, model
+
+
+def data_settings(config: Namespace) -> DataSettings:
+    return DataSettings(**vars(config.data))

@@ -37,6 +37,7 @@ import torch
 
 from weibo_sentiment.errors import UserError, first_line
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
+from weibo_sentiment.settings import ModelSettings
 
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -312,6 +313,20 @@ def build_engine(peft_model: Any, mode: InferenceMode, base_model: str) -> Engin
     engine = OnnxEngine(path, peft_model.config.num_labels, mode)
     logging.getLogger(__name__).debug("onnxruntime engine from %s in %.1f s", path, time.perf_counter() - started)
     return engine
+
+
+def engine_for(settings: ModelSettings, peft_model: Any, precision: str = "32-true", device_type: str = "cpu") -> Engine:
+    """The engine a model's settings ask for: its exported directory's, or one built from its peft model."""
+    exported = is_exported(settings.model_name_or_path)
+    mode = choose_mode(settings.runtime, precision, settings.quantize, device_type, exported=exported)
+    if exported:
+        return exported_engine(settings.model_name_or_path, mode)
+    return build_engine(peft_model, mode, settings.model_name_or_path)
+
+
+def refuse_checkpoint(exported_dir: str) -> UserError:
+    return UserError(f"{exported_dir} is an exported model, which holds its trained weights already: predict from "
+                     "it without a checkpoint")
 
 
 def is_exported(path: Optional[str]) -> bool:

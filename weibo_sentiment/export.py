@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from weibo_sentiment.atomic_files import staged_directory
-from weibo_sentiment.config import inference_parser, trained_model
+from weibo_sentiment.config import data_settings, inference_parser, trained_model
 from weibo_sentiment.data.tokenizer import load_tokenizer
 from weibo_sentiment.engine import FP32_FILE, INT8_FILE, MANIFEST, export_onnx, is_exported
 from weibo_sentiment.errors import UserError, exit_on_user_error
@@ -46,19 +46,20 @@ def main(argv: list[str] | None = None) -> None:
         if not config.ckpt_path and not config.model.adapter_path:
             raise UserError("export what? pass --ckpt_path CKPT (or last), or --model.adapter_path DIR")
         output = checked_output_dir(config.output_dir)
-        config, module, data = trained_model(parser, config)
-        quantize = config.model.quantize == "int8"
+        config, settings, model = trained_model(parser, config)
+        data = data_settings(config)
+        quantize = settings.quantize == "int8"
         try:
             with staged_directory(output) as staging:
-                export_onnx(module.model, staging, quantize)
+                export_onnx(model, staging, quantize)
                 load_tokenizer(data.tokenizer_name_or_path).save_pretrained(str(staging))
                 manifest = {
                     "format": 1,
-                    "num_labels": module.hparams.num_labels,
-                    "labels": list(SENTIMENTS[: module.hparams.num_labels]),
+                    "num_labels": settings.num_labels,
+                    "labels": list(SENTIMENTS[: settings.num_labels]),
                     "files": {"fp32": FP32_FILE, **({"int8": INT8_FILE} if quantize else {})},
-                    "base_model": config.model.model_name_or_path,
-                    "trained_weights": config.ckpt_path or config.model.adapter_path,
+                    "base_model": settings.model_name_or_path,
+                    "trained_weights": config.ckpt_path or settings.adapter_path,
                     "max_length": data.max_length,
                     "exported": datetime.datetime.now().isoformat(timespec="seconds"),
                     "versions": {package: version(package) for package in ("torch", "transformers", "onnxruntime")},

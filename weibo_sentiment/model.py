@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from typing import Any, Literal, Optional
+from dataclasses import asdict
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
-from peft import get_peft_model
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -25,74 +25,37 @@ from torchmetrics.classification import (
 )
 from transformers import get_linear_schedule_with_warmup
 
-from weibo_sentiment.backbone import check_trainable_tensors, load_adapter, load_backbone, lora_config
-from weibo_sentiment.engine import Engine, build_engine, choose_mode, exported_engine, is_exported, read_manifest
+from weibo_sentiment.backbone import build_peft_model, check_trainable_tensors
+from weibo_sentiment.engine import Engine, engine_for, is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
+from weibo_sentiment.settings import ModelSettings
 
 
 class SentimentClassifier(LightningModule):
     """Sentiment of Weibo posts: a sequence-classification backbone with LoRA, scored by accuracy and macro-F1."""
 
-    def __init__(
-        self,
-        model_name_or_path: str = "uer/gpt2-chinese-cluecorpussmall",
-        adapter_path: Optional[str] = None,
-        num_labels: int = 2,
-        lora_r: int = 8,
-        lora_alpha: int = 32,
-        lora_dropout: float = 0.1,
-        target_modules: list[str] = ["c_attn", "c_proj"],  # noqa: B006 - jsonargparse needs a literal default
-        learning_rate: float = 5e-4,
-        adam_epsilon: float = 1e-8,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        runtime: Optional[Literal["torch", "onnxruntime"]] = None,
-        quantize: Optional[Literal["int8"]] = None,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         """
         Args:
-            model_name_or_path: the backbone: a hub id or a local model directory; for ``predict``, also a directory
-                written by ``weibo_sentiment.export`` (ONNX, no base model needed).
-            adapter_path: start from a saved peft adapter directory instead of a fresh LoRA (its own config wins).
-            num_labels: number of classes (2: 0 = negative, 1 = positive).
-            lora_r: LoRA rank.
-            lora_alpha: LoRA scaling numerator (scale = alpha / r).
-            lora_dropout: dropout on the LoRA input.
-            target_modules: names of the layers that get LoRA (GPT-2: c_attn, c_proj; BERT: query, key, value).
-            learning_rate: AdamW peak learning rate.
-            adam_epsilon: AdamW epsilon.
-            weight_decay: AdamW weight decay (torch's default).
-            warmup_ratio: share of all training steps spent warming the learning rate up linearly from 0.
-            runtime: what predicts: ``torch`` or ``onnxruntime`` (CPU; the model exported to ONNX once and cached,
-                same results as torch fp32 to ~1e-6, faster); default: onnxruntime for int8 and exported models,
-                else torch. The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
-            quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with
-                fp32 on ~99.9 % of posts, README Speed); default: none.
+            **settings: the ``model:`` section, ``weibo_sentiment.settings.ModelSettings`` (its fields are this
+                class's arguments: ``model_name_or_path``, ``lora_r``, ``runtime``, ...).
         """
         super().__init__()
-        self.save_hyperparameters()
+        self.settings = ModelSettings(**settings)
+        self.save_hyperparameters(asdict(self.settings))
         # Checkpoints hold only the trainable tensors: load them onto the freshly loaded backbone non-strictly,
         # after on_load_checkpoint has checked that they are exactly the ones this model expects.
         self.strict_loading = False
-        self.exported_dir = model_name_or_path if is_exported(model_name_or_path) else None
+        name = self.settings.model_name_or_path
+        self.exported_dir = name if is_exported(name) else None
         self.engine: Optional[Engine] = None  # set for the length of a predict run
         if self.exported_dir is not None:
             # An exported model predicts through its ONNX file alone; there is no backbone to train or evaluate.
             self.model = None
-            self.hparams.num_labels = num_labels = read_manifest(model_name_or_path)["num_labels"]
-            self._add_metrics(num_labels)
-            return
-        backbone = load_backbone(model_name_or_path, num_labels)
-        # from_pretrained returns eval mode, and Lightning keeps modules' modes: train with the backbone's dropout on,
-        # as the reference recipe does; validation and prediction switch to eval mode as usual.
-        backbone.train()
-        if adapter_path:
-            self.model = load_adapter(backbone, adapter_path)
+            self.hparams.num_labels = self.settings.num_labels = read_manifest(name)["num_labels"]
         else:
-            self.model = get_peft_model(
-                backbone, lora_config(backbone, target_modules, lora_r, lora_alpha, lora_dropout)
-            )
-        self._add_metrics(num_labels)
+            self.model = build_peft_model(self.settings)
+        self._add_metrics(self.settings.num_labels)
 
     def _add_metrics(self, num_labels: int) -> None:
         metrics = MetricCollection(
@@ -107,7 +70,7 @@ class SentimentClassifier(LightningModule):
         # Macro-F1 on the same posts with their emoticon tags removed (see weibo_sentiment.emoticons).
         self.val_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
         self.test_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
-        # Pictures of each evaluation, drawn by callbacks.EvaluationReport: one object per stage.
+        # Pictures of each evaluation, drawn by reports.EvaluationReport: one object per stage.
         self.val_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
         self.test_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
         self.val_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
@@ -127,10 +90,9 @@ class SentimentClassifier(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.exported_dir is not None:
-            raise UserError(f"{self.exported_dir} is an exported model, which holds its trained weights already: "
-                            "predict from it without a checkpoint")
+            raise refuse_checkpoint(self.exported_dir)
         expected = {key: value.shape for key, value in self.state_dict().items()}
-        check_trainable_tensors(expected, checkpoint.get("state_dict") or {}, self.hparams.model_name_or_path)
+        check_trainable_tensors(expected, checkpoint.get("state_dict") or {}, self.settings.model_name_or_path)
 
     def check_stage(self, stage: str) -> None:
         """An exported model can only predict; say so before any work or run folder."""
@@ -210,11 +172,7 @@ class SentimentClassifier(LightningModule):
     # ---- prediction, through the inference engine ---------------------------------------------------------------
     def inference_engine(self, precision: str = "32-true") -> Engine:
         """The engine that labels for this model in its ``runtime``/``quantize`` and the given precision."""
-        mode = choose_mode(self.hparams.runtime, precision, self.hparams.quantize, self.device.type,
-                           exported=self.exported_dir is not None)  # fmt: skip
-        if self.exported_dir is not None:
-            return exported_engine(self.exported_dir, mode)
-        return build_engine(self.model, mode, self.hparams.model_name_or_path)
+        return engine_for(self.settings, self.model, precision, self.device.type)
 
     def on_predict_start(self) -> None:
         self.engine = self.inference_engine(str(self.trainer.precision))
@@ -227,7 +185,7 @@ class SentimentClassifier(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities, one row per post (NaN for posts without text); the writer makes rows of them."""
-        probabilities = torch.full((len(batch["posts"]), self.hparams.num_labels), float("nan"), device=self.device)
+        probabilities = torch.full((len(batch["posts"]), self.settings.num_labels), float("nan"), device=self.device)
         if len(batch["classified"]):
             computed = self.engine(batch["input_ids"], batch["attention_mask"])
             probabilities[batch["classified"]] = computed.to(probabilities.device)
@@ -239,11 +197,11 @@ class SentimentClassifier(LightningModule):
             raise UserError("the learning-rate schedule needs a length: set trainer.max_epochs or trainer.max_steps")
         optimizer = torch.optim.AdamW(
             [p for p in self.parameters() if p.requires_grad],
-            lr=self.hparams.learning_rate,
-            eps=self.hparams.adam_epsilon,
-            weight_decay=self.hparams.weight_decay,
+            lr=self.settings.learning_rate,
+            eps=self.settings.adam_epsilon,
+            weight_decay=self.settings.weight_decay,
         )
         scheduler = get_linear_schedule_with_warmup(
-            optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total_steps), num_training_steps=int(total_steps)
+            optimizer, num_warmup_steps=int(self.settings.warmup_ratio * total_steps), num_training_steps=int(total_steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from weibo_sentiment.config import trained_model
+from weibo_sentiment.config import data_settings, trained_model
 from weibo_sentiment.data.batching import SortedPostBatches
 from weibo_sentiment.data.readers import Post
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
-from weibo_sentiment.engine import Engine
+from weibo_sentiment.engine import Engine, engine_for
 from weibo_sentiment.outputs import prediction_rows
 
 
@@ -59,7 +59,10 @@ class SentimentPredictor:
 
 def load_predictor(parser: ArgumentParser, config: Namespace, device: str = "cpu") -> SentimentPredictor:
     """Build the model a parsed ``inference_parser`` config names, load its trained weights, and make its engine."""
-    config, module, data = trained_model(parser, config)
-    engine = module.to(device).inference_engine(config.precision)
+    config, settings, model = trained_model(parser, config)
+    if model is not None:
+        model.to(device)
+    engine = engine_for(settings, model, config.precision, torch.device(device).type)
+    data = data_settings(config)
     tokenize = Tokenize(load_tokenizer(data.tokenizer_name_or_path), data.max_length)
-    return SentimentPredictor(engine, tokenize, data.emoticons, data.eval_batch_size)
+    return SentimentPredictor(engine, tokenize, EmoticonTags(data.emoticon_pattern), data.eval_batch_size)

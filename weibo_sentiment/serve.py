@@ -20,7 +20,8 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from weibo_sentiment.config import ServeSettings, inference_parser
+from weibo_sentiment.config import inference_parser
+from weibo_sentiment.settings import ServeSettings
 from weibo_sentiment.errors import exit_on_user_error
 from weibo_sentiment.predictor import SentimentPredictor, load_predictor
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import asdict
+from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -13,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from weibo_sentiment.data.batching import LengthGroupedBatches, PadLabelled, SortedPostBatches, TokenizedPosts
 from weibo_sentiment.data.readers import STDIN, Post, PostReader, read_labelled, stratified_split
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
-from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
+from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
+from weibo_sentiment.settings import DataSettings
 
 
 class WeiboDataModule(LightningDataModule):
@@ -24,66 +26,26 @@ class WeiboDataModule(LightningDataModule):
     for the same ``split_seed`` (so ``validate`` on a checkpoint sees the posts its ``fit`` held out).
     """
 
-    def __init__(
-        self,
-        train_path: Optional[str] = None,
-        val_path: Optional[str] = None,
-        test_path: Optional[str] = None,
-        predict_path: Optional[str] = None,
-        predict_format: Optional[str] = None,
-        text_column: str = "review",
-        label_column: str = "label",
-        id_column: Optional[str] = "id",
-        val_fraction: float = 0.1,
-        split_seed: int = 42,
-        max_length: int = 128,
-        emoticon_pattern: str = DEFAULT_PATTERN,
-        emoticon_dropout: float = 0.0,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
-        predict_window: int = 2048,
-        num_workers: int = 0,
-        tokenizer_name_or_path: str = "uer/gpt2-chinese-cluecorpussmall",
-        num_labels: int = 2,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         """
         Args:
-            train_path: labelled training posts (header ``label,review`` by default).
-            val_path: labelled validation posts; default: a stratified split of ``train_path``.
-            test_path: labelled posts for ``test``.
-            predict_path: posts to label for ``predict``: CSV/TSV/JSONL/TXT, or ``-`` for standard input.
-            predict_format: ``csv``, ``tsv``, ``jsonl`` or ``txt`` when the suffix does not tell (default: by suffix).
-            text_column: the column (or JSON field) holding the post.
-            label_column: the column holding the label (1 = positive, 0 = negative).
-            id_column: a column copied to the predictions so they can be joined back, if the file has it.
-            val_fraction: share of ``train_path`` held out for validation when there is no ``val_path``.
-            split_seed: seed of that split.
-            max_length: tokens kept per post (longer posts are truncated).
-            emoticon_pattern: regular expression of an emoticon tag (see ``weibo_sentiment.emoticons``).
-            emoticon_dropout: probability that a training post has its emoticon tags removed, drawn anew each
-                epoch from the run's seed; validation, test and prediction never alter posts. 0: the original recipe.
-            batch_size: training batch size.
-            eval_batch_size: batch size for validate, test and predict.
-            predict_window: posts that predict reads ahead and sorts by length before batching them (a bigger window
-                pads less and holds more posts in memory); 1 keeps batches in input order.
-            num_workers: DataLoader worker processes for fit, validate and test (posts are tokenized up front, so
-                0 is usually fastest); predict always reads and tokenizes in one background process.
-            tokenizer_name_or_path: linked from ``model.model_name_or_path``: the backbone's own tokenizer.
-            num_labels: linked from ``model.num_labels``: labels must lie in ``0 .. num_labels-1``.
+            **settings: the ``data:`` section, ``weibo_sentiment.settings.DataSettings`` (its fields are this class's
+                arguments: ``train_path``, ``batch_size``, ``max_length``, ...).
         """
         super().__init__()
-        self.save_hyperparameters()
-        self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
-        self.predict_path, self.predict_format = predict_path, predict_format
-        self.text_column, self.label_column, self.id_column = text_column, label_column, id_column
-        self.val_fraction, self.split_seed, self.max_length = val_fraction, split_seed, max_length
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.predict_window = predict_window
-        self.tokenizer_name_or_path, self.num_labels = tokenizer_name_or_path, num_labels
-        if not 0.0 <= emoticon_dropout <= 1.0:
-            raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {emoticon_dropout}")
-        self.emoticon_dropout = emoticon_dropout
-        self.emoticons = EmoticonTags(emoticon_pattern)
+        s = self.settings = DataSettings(**settings)
+        self.save_hyperparameters(asdict(s))
+        self.train_path, self.val_path, self.test_path = s.train_path, s.val_path, s.test_path
+        self.predict_path, self.predict_format = s.predict_path, s.predict_format
+        self.text_column, self.label_column, self.id_column = s.text_column, s.label_column, s.id_column
+        self.val_fraction, self.split_seed, self.max_length = s.val_fraction, s.split_seed, s.max_length
+        self.batch_size, self.eval_batch_size, self.num_workers = s.batch_size, s.eval_batch_size, s.num_workers
+        self.predict_window = s.predict_window
+        self.tokenizer_name_or_path, self.num_labels = s.tokenizer_name_or_path, s.num_labels
+        if not 0.0 <= s.emoticon_dropout <= 1.0:
+            raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {s.emoticon_dropout}")
+        self.emoticon_dropout = s.emoticon_dropout
+        self.emoticons = EmoticonTags(s.emoticon_pattern)
         self.datasets: dict[str, Dataset] = {}
         self._ready_stages: set[str] = set()
         self._resume_at: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint

@@ -1,0 +1,128 @@
+"""The settings of each section of a config (``model:``, ``data:``, ``serve:``), as plain dataclasses.
+
+They are the one definition of those sections: ``main.py`` (LightningCLI) reads ``model:`` and ``data:`` through
+the LightningModule and the DataModule, which take these fields as keyword arguments, and the API, the console and
+the export read the same sections through these classes directly, without importing Lightning (see ``config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from weibo_sentiment.emoticons import DEFAULT_PATTERN
+
+DEFAULT_BACKBONE = "uer/gpt2-chinese-cluecorpussmall"
+
+
+@dataclass
+class ModelSettings:
+    """The model: backbone, LoRA, optimisation, and how it predicts.
+
+    Args:
+        model_name_or_path: the backbone: a hub id or a local model directory; for ``predict``, also a directory
+            written by ``weibo_sentiment.export`` (ONNX, no base model needed).
+        adapter_path: start from a saved peft adapter directory instead of a fresh LoRA (its own config wins).
+        num_labels: number of classes (2: 0 = negative, 1 = positive).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (scale = alpha / r).
+        lora_dropout: dropout on the LoRA input.
+        target_modules: names of the layers that get LoRA (GPT-2: c_attn, c_proj; BERT: query, key, value).
+        learning_rate: AdamW peak learning rate.
+        adam_epsilon: AdamW epsilon.
+        weight_decay: AdamW weight decay (torch's default).
+        warmup_ratio: share of all training steps spent warming the learning rate up linearly from 0.
+        runtime: what predicts: ``torch`` or ``onnxruntime`` (CPU; the model exported to ONNX once and cached, same
+            results as torch fp32 to ~1e-6, faster); default: onnxruntime for int8 and exported models, else torch.
+            The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
+        quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with fp32 on
+            ~99.9 % of posts, README Speed); default: none.
+    """
+
+    model_name_or_path: str = DEFAULT_BACKBONE
+    adapter_path: Optional[str] = None
+    num_labels: int = 2
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
+    learning_rate: float = 5e-4
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    runtime: Optional[Literal["torch", "onnxruntime"]] = None
+    quantize: Optional[Literal["int8"]] = None
+
+
+@dataclass
+class DataSettings:
+    """The posts: where they are, how they are read, tokenized and batched.
+
+    Args:
+        train_path: labelled training posts (header ``label,review`` by default).
+        val_path: labelled validation posts; default: a stratified split of ``train_path``.
+        test_path: labelled posts for ``test``.
+        predict_path: posts to label for ``predict``: CSV/TSV/JSONL/TXT, or ``-`` for standard input.
+        predict_format: ``csv``, ``tsv``, ``jsonl`` or ``txt`` when the suffix does not tell (default: by suffix).
+        text_column: the column (or JSON field) holding the post.
+        label_column: the column holding the label (1 = positive, 0 = negative).
+        id_column: a column copied to the predictions so they can be joined back, if the file has it.
+        val_fraction: share of ``train_path`` held out for validation when there is no ``val_path``.
+        split_seed: seed of that split.
+        max_length: tokens kept per post (longer posts are truncated).
+        emoticon_pattern: regular expression of an emoticon tag (see ``weibo_sentiment.emoticons``).
+        emoticon_dropout: probability that a training post has its emoticon tags removed, drawn anew each epoch
+            from the run's seed; validation, test and prediction never alter posts. 0: the original recipe.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validate, test and predict (predict batches also end where padding would
+            pass 5 % of their tokens).
+        predict_window: posts that predict reads ahead and sorts by length before batching them (a bigger window
+            pads less and holds more posts in memory); 1 keeps batches in input order.
+        num_workers: DataLoader worker processes for fit, validate and test (posts are tokenized up front, so 0 is
+            usually fastest); predict always reads and tokenizes in one background process.
+        tokenizer_name_or_path: linked from ``model.model_name_or_path``: the backbone's own tokenizer.
+        num_labels: linked from ``model.num_labels``: labels must lie in ``0 .. num_labels-1``.
+    """
+
+    train_path: Optional[str] = None
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    predict_path: Optional[str] = None
+    predict_format: Optional[str] = None
+    text_column: str = "review"
+    label_column: str = "label"
+    id_column: Optional[str] = "id"
+    val_fraction: float = 0.1
+    split_seed: int = 42
+    max_length: int = 128
+    emoticon_pattern: str = DEFAULT_PATTERN
+    emoticon_dropout: float = 0.0
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    predict_window: int = 2048
+    num_workers: int = 0
+    tokenizer_name_or_path: str = DEFAULT_BACKBONE
+    num_labels: int = 2
+
+
+@dataclass
+class ServeSettings:
+    """The HTTP API (the ``serve:`` section; ``main.py`` accepts and ignores it).
+
+    Args:
+        host: address to listen on; 0.0.0.0 to serve other machines.
+        port: port to listen on.
+        max_batch_size: requests answered by one forward pass at most.
+        batch_timeout: seconds a request may wait for others to share its forward pass.
+        workers: model worker processes.
+        max_texts: texts per request at most.
+        max_chars: characters per text at most (longer: rejected; the model reads max_length tokens).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 32
+    batch_timeout: float = 0.01
+    workers: int = 1
+    max_texts: int = 256
+    max_chars: int = 10_000
