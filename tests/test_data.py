@@ -9,9 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer
 
-from conftest import real_rows, write_csv
+from conftest import cli_args, real_rows, write_csv
 from weibo_sentiment.data.batching import (
     LengthGroupedBatches,
     PadLabelled,
@@ -23,6 +25,7 @@ from weibo_sentiment.data.datamodule import WeiboDataModule
 from weibo_sentiment.data.readers import Post, PostReader, read_labelled, stratified_split
 from weibo_sentiment.data.tokenizer import Tokenize
 from weibo_sentiment.emoticons import EmoticonTags
+from weibo_sentiment.cli import main
 from weibo_sentiment.errors import UserError
 
 ROWS = real_rows(40)
@@ -235,3 +238,24 @@ def test_predict_batches_are_sorted_by_length_within_windows_and_know_their_posi
     shards = [list(SortedPostBatches(posts, Tokenize(tokenizer, 128), 0, 16, 100, rank=r, world_size=2)) for r in (0, 1)]
     assert sorted(p for shard in shards for b in shard for p in b["positions"]) == list(range(300))
     assert {b["positions"][0] // 100 for b in shards[1]} == {1}  # rank 1 takes the second window
+
+
+class FirstBatchOfEachEpoch(Callback):
+    """Records the first training batch of every epoch of a real fit."""
+
+    seen: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:  # noqa: ANN001
+        if batch_idx == 0:
+            FirstBatchOfEachEpoch.seen.append(batch["input_ids"].clone())
+
+
+def test_a_real_fit_draws_new_batches_every_epoch(tiny_gpt2: str, train_csv: Path, tmp_path: Path) -> None:
+    """Lightning fetches an epoch's first batch before it tells the sampler the epoch: the sampler must not repeat
+    epoch 0's batches (it did, until the trainer's epoch was read directly)."""
+    FirstBatchOfEachEpoch.seen = []
+    main(cli_args("fit", tiny_gpt2, tmp_path, "--data.train_path", str(train_csv), "--trainer.max_epochs", "3",
+                  "--trainer.callbacks+=test_data.FirstBatchOfEachEpoch"))  # fmt: skip
+    first = FirstBatchOfEachEpoch.seen
+    assert len(first) == 3
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])

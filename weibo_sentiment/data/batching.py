@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -79,6 +79,7 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         group_batches: int = 50,
         rank: int = 0,
         world_size: int = 1,
+        current_epoch: Optional[Callable[[], int]] = None,
     ) -> None:
         self.lengths = torch.tensor(list(lengths))
         # A post whose tags cannot be removed (none, or nothing but tags) keeps its own length when "stripped".
@@ -87,6 +88,7 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         self.batch_size, self.emoticon_dropout, self.seed = batch_size, emoticon_dropout, seed
         self.group_batches, self.rank, self.world_size = group_batches, rank, world_size
         self.epoch, self._skip = 0, (0, 0)  # (epoch, batches) to skip once, set by resume()
+        self.current_epoch = current_epoch  # the trainer's epoch, when there is a trainer (else set_epoch's)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,9 +117,8 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         return [[(index, bool(strip[index])) for index in batches[b]] for b in mine]
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        # Lightning creates the iterator before it calls set_epoch; reading the epoch lazily, at the first batch,
-        # picks up the right one.
-        epoch = self.epoch
+        # Lightning fetches an epoch's first batch before it calls set_epoch: asked, the trainer knows the epoch.
+        epoch = self.current_epoch() if self.current_epoch is not None else self.epoch
         skip = self._skip[1] if self._skip[0] == epoch else 0
         self._skip = (0, 0)
         yield from self.batches(epoch)[skip:]

@@ -129,8 +129,10 @@ class WeiboDataModule(LightningDataModule):
         rank, world_size = self._rank_and_world()
         # seed_everything (the config's seed_everything) records the run's seed here, for every process.
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
         batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size,
-                                       self.emoticon_dropout, seed, rank=rank, world_size=world_size)  # fmt: skip
+                                       self.emoticon_dropout, seed, rank=rank, world_size=world_size,
+                                       current_epoch=epoch)  # fmt: skip
         if self._resume_at is not None:
             batches.resume(*self._resume_at)
             self._resume_at = None
