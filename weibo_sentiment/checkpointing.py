@@ -1,9 +1,10 @@
 """Checkpointing: adapter-only checkpoints written atomically and read weights-only, ``last.ckpt`` kept current
-for resuming, and each new best model exported as a peft adapter."""
+for resuming (also when a stop signal ends the run), and each new best model exported as a peft adapter."""
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,8 +12,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 
 from weibo_sentiment.atomic_files import staged_directory, staging_file
+from weibo_sentiment.stopping import STOP, Interrupted
 
 
 def export_adapter(peft_model: Any, out_dir: Path) -> None:
@@ -25,7 +29,8 @@ def export_adapter(peft_model: Any, out_dir: Path) -> None:
 
 
 class AdapterCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder.
+    """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder, keeps
+    ``last.ckpt`` current, and writes it when a stop signal ends training (see ``stopping``).
 
     The adapter lands in ``<run folder>/adapter`` (beside ``checkpoints/``), loadable with plain
     ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``.
@@ -38,16 +43,25 @@ class AdapterCheckpoint(ModelCheckpoint):
         Args:
             adapter_dirname: name of the adapter folder, beside the checkpoint folder.
             last_every_n_train_steps: also write ``last.ckpt`` every this many optimizer steps (with ``save_last``),
-                so a crash loses at most that much work; 0: only after each validation.
+                so a crash loses at most that much work; 0: only after each validation (and when stopped).
             *args, **kwargs: as for ``ModelCheckpoint``.
         """
         super().__init__(*args, **kwargs)
         self.adapter_dirname = adapter_dirname
         self.last_every_n_train_steps = last_every_n_train_steps
+        self._stopped_after_step = False  # set when a stop signal ended training after a step, here
 
     @property
     def adapter_dir(self) -> Path:
         return Path(self.dirpath).parent / self.adapter_dirname
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        STOP.finish_step = True  # from now on a stop signal lets the training step in progress finish
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_start(trainer, pl_module)
+        STOP.finish_step = False  # a validation stops at once: resuming from last.ckpt repeats it
 
     # Lightning 2.6 writes last.ckpt only when a top-k checkpoint was saved at the same step, so with save_top_k=1
     # a run whose score stops improving would resume from its best epoch, not its last. Write it after every
@@ -56,6 +70,7 @@ class AdapterCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_stale(trainer)
+        STOP.finish_step = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
@@ -66,11 +81,45 @@ class AdapterCheckpoint(ModelCheckpoint):
             saved_step = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = saved_step
+        self._stop_if_asked(trainer)
+
+    def _stop_if_asked(self, trainer: pl.Trainer) -> None:
+        """After a training step, if a stop was asked for (on any process): write last.ckpt here, where periodic
+        checkpoints are written and from where Lightning resumes exactly, then stop."""
+        stop = STOP.signum is not None
+        if trainer.world_size > 1:  # every process stops after the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        STOP.signum = STOP.signum or signal.SIGTERM  # a process told by another stops as if signalled itself
+        self._stopped_after_step = True
+        if self.save_last:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"Stopped by {signal.Signals(STOP.signum).name} after step {trainer.global_step}: wrote "
+                           f"{self.last_model_path}; continue with the same command and --ckpt_path last")  # fmt: skip
+        raise Interrupted(STOP.signum)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        STOP.finish_step = False
+        super().on_exception(trainer, pl_module, exception)
+        if STOP.signum is not None and trainer.state.fn == TrainerFn.FITTING and not self._stopped_after_step:
+            # Stopped outside a training step (in a validation): the last checkpoint written is where to resume.
+            name = signal.Signals(STOP.signum).name
+            if self.last_model_path:
+                rank_zero_info(f"Stopped by {name} outside a training step, after step {trainer.global_step}: "
+                               f"--ckpt_path last resumes from {self.last_model_path}")  # fmt: skip
+            else:
+                rank_zero_info(f"Stopped by {name} before any checkpoint was written: run the same command again "
+                               "(without --ckpt_path) to start over")  # fmt: skip
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_stale(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        STOP.finish_step = False
+        super().on_train_end(trainer, pl_module)
 
     def _save_last_if_stale(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

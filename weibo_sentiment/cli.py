@@ -11,6 +11,7 @@ This is the one place that turns a user mistake into one line on stderr and a no
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -35,6 +36,7 @@ from weibo_sentiment.model import SentimentClassifier
 from weibo_sentiment.prediction_writer import PredictionWriter
 from weibo_sentiment.reports import EvaluationReport
 from weibo_sentiment.settings import ServeSettings
+from weibo_sentiment.stopping import STOP, exit_when_stopped
 
 # Library noise that says nothing to a user of this tool (each checked: harmless here).
 for _message in (
@@ -153,6 +155,19 @@ class SentimentCLI(LightningCLI):
             number = run_dir.name.removeprefix("version_")
             logger._version = int(number) if number.isdigit() else run_dir.name
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a validate, test or predict that a stop signal cut short leaves no run folder of its own behind
+        (a stopped fit keeps its folder: its last.ckpt is where it resumes)."""
+        logger = self.trainer.logger
+        run_dir = Path(logger.log_dir) if isinstance(logger, TensorBoardLogger) else None
+        new_run = run_dir is not None and not run_dir.exists()
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if STOP.signum is not None and subcommand != "fit" and new_run and self.trainer.is_global_zero:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
     def predict(self, **kwargs: Any) -> None:
         # The PredictionWriter streams rows to the file; keeping them in memory too would grow with the input.
         kwargs["return_predictions"] = False
@@ -184,7 +199,7 @@ def main(args: Any = None) -> None:
 
         export(argv[1:])
         return
-    with exit_on_user_error():
+    with exit_when_stopped(), exit_on_user_error():
         try:
             SentimentCLI(args=args)
         except MisconfigurationException as err:  # Lightning's word for a trainer setting that cannot work here

@@ -3,7 +3,8 @@
     python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last
     echo 好开心[哈哈] | python -m weibo_sentiment.console --config configs/quickstart.yaml --ckpt_path last
 
-One post per line; ``q``, ``quit`` or the end of input leaves. Works on a terminal and on piped input.
+One post per line; ``q``, ``quit`` or the end of input leaves (exit 0); Ctrl-C or SIGTERM stops it (exit 130 or
+143). Works on a terminal and on piped input.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from weibo_sentiment.config import inference_parser
 from weibo_sentiment.errors import exit_on_user_error
 from weibo_sentiment.predictor import load_predictor
+from weibo_sentiment.stopping import exit_when_stopped
 
 QUIT = {"q", "quit"}
 
@@ -27,24 +29,25 @@ def describe(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = inference_parser(__doc__.splitlines()[0])
-    with exit_on_user_error():
-        predictor = load_predictor(parser, parser.parse_args(argv))
-    interactive = sys.stdin.isatty()
-    if interactive:
-        print("Type a Weibo post and press Enter (q to quit).")
-    while True:
+    with exit_when_stopped():  # Ctrl-C or SIGTERM: one line, exit 130 or 143, no traceback
+        with exit_on_user_error():
+            predictor = load_predictor(parser, parser.parse_args(argv))
+        interactive = sys.stdin.isatty()
         if interactive:
-            print("> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input
-            break
-        post = line.strip()
-        if post.lower() in QUIT:
-            break
-        if not post:
-            print("empty post: type some text, or q to quit", flush=True)
-            continue
-        print(describe(predictor.predict([post])[0]), flush=True)
+            print("Type a Weibo post and press Enter (q to quit).")
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:  # end of input
+                break
+            post = line.strip()
+            if post.lower() in QUIT:
+                break
+            if not post:
+                print("empty post: type some text, or q to quit", flush=True)
+                continue
+            print(describe(predictor.predict([post])[0]), flush=True)
 
 
 if __name__ == "__main__":

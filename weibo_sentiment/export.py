@@ -23,6 +23,7 @@ from weibo_sentiment.data.tokenizer import load_tokenizer
 from weibo_sentiment.engine import FP32_FILE, INT8_FILE, MANIFEST, export_onnx, is_exported
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.outputs import SENTIMENTS
+from weibo_sentiment.stopping import exit_when_stopped
 
 
 def checked_output_dir(path: str) -> Path:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = inference_parser(__doc__.splitlines()[0])
     parser.add_argument("--output_dir", type=str, required=True, help="the directory to write (new, empty, or an "
                         "earlier export, which is replaced)")  # fmt: skip
-    with exit_on_user_error():
+    with exit_when_stopped(), exit_on_user_error():
         config = parser.parse_args(sys.argv[1:] if argv is None else argv)
         if is_exported(config.model.model_name_or_path):
             raise UserError(f"{config.model.model_name_or_path} is already an exported model")
