@@ -104,3 +104,21 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("onnx-cache")
     os.environ["WEIBO_SENTIMENT_CACHE"] = str(folder)
     return folder
+
+
+def quickstart_args(subcommand: str, root: Path, *extra: str) -> list[str]:
+    return [subcommand, "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> dict:
+    """The quickstart model fine-tuned briefly (one epoch on 300 real posts), and 60 other posts to label, one of
+    them without text."""
+    root = tmp_path_factory.mktemp("quickstart")
+    result = run_main(quickstart_args("fit", root, "--data.train_path", str(train_csv), "--trainer.max_epochs", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [{"id": f"p{i}", "review": row["review"]} for i, row in enumerate(real_rows(60, offset=400))]
+    rows[7]["review"] = "  "
+    posts = write_csv(root / "posts.csv", rows)
+    return {"root": root, "ckpt": str(next(root.glob("lightning_logs/version_0/checkpoints/last.ckpt"))), "posts": posts}

@@ -13,33 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICKSTART, REPO, read_predictions, real_rows, run_main, write_csv
+from conftest import QUICKSTART, REPO, quickstart_args, read_predictions, run_main
 
-QUICKSTART_MODEL = str(REPO / "assets" / "tiny-gpt2-chinese")
 MODES = {
     "torch fp32": [],
     "onnxruntime fp32": ["--model.runtime", "onnxruntime"],
     "onnxruntime int8": ["--model.quantize", "int8"],
     "torch bf16": ["--trainer.precision", "bf16-mixed"],
 }
-
-
-def quickstart_args(subcommand: str, root: Path, *extra: str) -> list[str]:
-    return [subcommand, "--config", QUICKSTART, "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> dict:
-    """The quickstart model fine-tuned briefly (one epoch on 300 real posts), and 60 other posts to label, one of
-    them without text."""
-    root = tmp_path_factory.mktemp("quickstart")
-    result = run_main(quickstart_args("fit", root, "--data.train_path", str(train_csv), "--trainer.max_epochs", "1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [{"id": f"p{i}", "review": row["review"]} for i, row in enumerate(real_rows(60, offset=400))]
-    rows[7]["review"] = "  "
-    posts = write_csv(root / "posts.csv", rows)
-    return {"root": root, "ckpt": str(next(root.glob("lightning_logs/version_0/checkpoints/last.ckpt"))), "posts": posts}
 
 
 def predict(quickstart: dict, out: Path, *extra: str) -> list[dict[str, str]]:

@@ -25,8 +25,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def call(url: str, body: bytes | None = None) -> tuple[int, dict | str]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def call(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | str]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             status, payload = response.status, response.read()

@@ -117,6 +117,11 @@ class ServeSettings:
         workers: model worker processes.
         max_texts: texts per request at most.
         max_chars: characters per text at most (longer: rejected; the model reads max_length tokens).
+        max_body_bytes: request bodies larger than this are answered 413 before they are read; default: what
+            max_texts texts of max_chars characters take as JSON (6 bytes a character at most).
+        drain_seconds: on SIGTERM or Ctrl-C, how long requests in flight may take to finish before the workers stop.
+        api_key: the key every request must carry (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); default:
+            the environment variable WEIBO_SENTIMENT_API_KEY. Required when host is not a loopback address.
     """
 
     host: str = "127.0.0.1"
@@ -126,3 +131,6 @@ class ServeSettings:
     workers: int = 1
     max_texts: int = 256
     max_chars: int = 10_000
+    max_body_bytes: Optional[int] = None
+    drain_seconds: float = 10.0
+    api_key: Optional[str] = None
