@@ -529,7 +529,6 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
             run["predict"][mode] = {**asdict(child), **report}
             # Labels against the reference (the same adapter, unmerged torch fp32, one post per pass).
             run["agreement"][mode] = compare(reference_rows, read_predictions(out))
-        runs.append(run)
     results["runs"] = runs
 
     # ---- the API: today's mode (torch fp32) against the fastest, alternating ----------------------------------

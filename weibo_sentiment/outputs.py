@@ -1,12 +1,14 @@
 """Prediction rows and the files they go to: one row per post (label, sentiment, confidence, prob_positive,
-emoticons), written as CSV, TSV or JSONL. Shared by ``main.py predict``, the HTTP API and the console; nothing here
-knows of Lightning."""
+emoticons), written as CSV, TSV or JSONL, and the summary of a run's rows. Shared by ``main.py predict``, the HTTP
+API and the console; nothing here knows of Lightning."""
 
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -73,3 +75,61 @@ class RowFile:
             self.csv.writerows(rows)
 
 
+
+
+class PredictionSummary:
+    """What a prediction run found, in constant memory whatever its size: posts by sentiment, mean confidence, a
+    histogram of ``prob_positive`` and the posts each class was surest of."""
+
+    BINS = 20  # of prob_positive, 0.05 wide
+
+    def __init__(self, text_column: str, most_confident: int = 10) -> None:
+        self.text_column, self.keep = text_column, most_confident
+        self.counts: Counter[str] = Counter()
+        self.confidence_sum = self.prob_sum = self.prob_sum_of_squares = 0.0
+        self.histogram = [0] * self.BINS
+        self._surest: dict[str, list[tuple[float, int, str]]] = {}  # sentiment -> min-heap (confidence, -order, text)
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.counts[row["sentiment"]] += 1
+            if row["sentiment"] == EMPTY:
+                continue
+            prob = row["prob_positive"]
+            self.confidence_sum += row["confidence"]
+            self.prob_sum += prob
+            self.prob_sum_of_squares += prob * prob
+            self.histogram[min(int(prob * self.BINS), self.BINS - 1)] += 1
+            heap = self._surest.setdefault(row["sentiment"], [])
+            item = (row["confidence"], -sum(self.counts.values()), row[self.text_column])  # earlier rows win ties
+            if len(heap) < self.keep:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+
+    @property
+    def posts(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def classified(self) -> int:
+        return self.posts - self.counts[EMPTY]
+
+    @property
+    def mean_confidence(self) -> float:
+        return self.confidence_sum / self.classified if self.classified else math.nan
+
+    def sentiments(self) -> list[str]:
+        """The sentiments found, known ones first."""
+        return [name for name in SENTIMENTS if self.counts[name]] + sorted(
+            name for name in self.counts if name not in SENTIMENTS and name != EMPTY)
+
+    def surest(self, sentiment: str) -> list[tuple[float, str]]:
+        """(confidence, post) of the posts labelled ``sentiment`` with the highest confidence, highest first."""
+        return [(confidence, text) for confidence, _, text in sorted(self._surest.get(sentiment, []), reverse=True)]
+
+    def line(self) -> str:
+        """``N posts: P positive (x %), Q negative (y %), E empty; mean confidence c``."""
+        shares = [f"{self.counts[name]} {name} ({self.counts[name] / self.classified:.1%})" for name in self.sentiments()]
+        return (f"{self.posts} posts: {', '.join(shares) or 'none classified'}, {self.counts[EMPTY]} {EMPTY}"
+                + (f"; mean confidence {self.mean_confidence:.3f}" if self.classified else ""))

@@ -1,4 +1,5 @@
-"""The Lightning callback that writes ``main.py predict``'s output file: rows in input order, written atomically."""
+"""The Lightning callback that writes ``main.py predict``'s output file (rows in input order, written atomically),
+and says what the run found: one line on the console, and the same in the run's TensorBoard folder."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from weibo_sentiment.atomic_files import staging_file
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.outputs import EMPTY, OUTPUT_FORMATS, RowFile, prediction_columns, prediction_rows
+from weibo_sentiment.outputs import OUTPUT_FORMATS, PredictionSummary, RowFile, prediction_columns, prediction_rows
+from weibo_sentiment.reports import log_prediction_summary
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -42,7 +44,7 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
         self._file: Optional[IO[str]] = None
         self._tmp_path: Optional[str] = None
-        self.rows_written = self.empty_posts = 0
+        self.summary: Optional[PredictionSummary] = None
 
     def _target(self, trainer: pl.Trainer) -> Path:
         path = Path(self.output_path or Path(trainer.default_root_dir) / "predictions.csv")
@@ -75,7 +77,7 @@ class PredictionWriter(BasePredictionWriter):
         # so the header is right even for an input with no posts or with ids on some posts only.
         self.with_id = getattr(trainer.datamodule, "id_column", None) is not None
         self.columns = prediction_columns(self.text_column, self.with_id)
-        self.rows_written = self.empty_posts = 0
+        self.summary = PredictionSummary(self.text_column)
         self._parts_dir: Optional[Path] = None
         self._window: list[tuple[int, dict[str, Any]]] = []  # (position, row) of the window being predicted
         if trainer.world_size == 1:
@@ -113,8 +115,7 @@ class PredictionWriter(BasePredictionWriter):
         self._window = []
 
     def _count(self, rows: list[dict[str, Any]]) -> None:
-        self.rows_written += len(rows)
-        self.empty_posts += sum(row["sentiment"] == EMPTY for row in rows)
+        self.summary.add(rows)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush_window()
@@ -124,8 +125,9 @@ class PredictionWriter(BasePredictionWriter):
         else:
             os.replace(self._tmp_path, self.target)
         self._file, self._tmp_path = None, None
-        empty = f" ({self.empty_posts} posts without text marked sentiment={EMPTY})" if self.empty_posts else ""
-        rank_zero_info(f"Wrote {self.rows_written} predictions to {self.target}{empty}")
+        if trainer.is_global_zero:
+            rank_zero_info(f"Wrote {self.target}: {self.summary.line()}")
+            log_prediction_summary(trainer, self.summary)
 
     def _merge_parts(self, trainer: pl.Trainer) -> None:
         """Rank 0 interleaves every rank's part file by input position into the output, then deletes the parts."""

@@ -1,5 +1,6 @@
-"""Pictures of every evaluation: confusion matrix, precision-recall curves and the misclassified posts, in
-TensorBoard and, for ``validate`` and ``test``, as files in the run's folder."""
+"""Pictures of every evaluation (confusion matrix, precision-recall curves and the misclassified posts, in
+TensorBoard and, for ``validate`` and ``test``, as files in the run's folder) and of every prediction run (counts,
+a histogram of prob_positive and the surest posts of each class, in TensorBoard)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
-from weibo_sentiment.outputs import SENTIMENTS  # noqa: E402
+from weibo_sentiment.outputs import EMPTY, SENTIMENTS, PredictionSummary  # noqa: E402
 
 
 class EvaluationReport(Callback):
@@ -100,10 +101,36 @@ class EvaluationReport(Callback):
         rank_zero_info(f"Wrote {stage}_metrics.json and the {stage} figures to {run_dir}")
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
+def _markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = ("text", "label", "prob_positive")) -> str:
     if not rows:
         return "(none)"
-    lines = ["| text | label | prob_positive |", "| --- | --- | --- |"]
-    lines += [f"| {row['text'].replace('|', '/').replace(chr(10), ' ')} | {row['label']} | {row['prob_positive']} |"
+    lines = [f"| {' | '.join(columns)} |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]).replace("|", "/").replace(chr(10), " ") for c in columns) + " |"
               for row in rows]  # fmt: skip
     return "\n".join(lines)
+
+
+def log_prediction_summary(trainer: pl.Trainer, summary: PredictionSummary) -> None:
+    """A prediction run in TensorBoard: posts per sentiment and shares as scalars (``predict/*``), the histogram of
+    ``prob_positive`` and a table of the posts each class was surest of (Text: ``predict/most_confident``)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        writer = logger.experiment
+        scalars = {"posts": summary.posts, EMPTY: summary.counts[EMPTY], **{name: summary.counts[name]
+                   for name in summary.sentiments()}}  # fmt: skip
+        if summary.classified:
+            scalars["positive_share"] = summary.counts[SENTIMENTS[1]] / summary.classified
+            scalars["mean_confidence"] = summary.mean_confidence
+            limits = [(i + 1) / summary.BINS for i in range(summary.BINS)]
+            writer.add_histogram_raw("predict/prob_positive", min=0.0, max=1.0, num=summary.classified,
+                                     sum=summary.prob_sum, sum_squares=summary.prob_sum_of_squares,
+                                     bucket_limits=limits, bucket_counts=summary.histogram, global_step=0)  # fmt: skip
+        for name, value in scalars.items():
+            writer.add_scalar(f"predict/{name}", value, 0)
+        tables = [f"**{name}**, surest first\n\n" + _markdown_table(
+            [{"text": text, "confidence": round(confidence, 4)} for confidence, text in summary.surest(name)],
+            ("text", "confidence")) for name in summary.sentiments()]  # fmt: skip
+        writer.add_text("predict/most_confident", "\n\n".join(tables) or "(no post classified)", 0)
+        writer.add_text("predict/summary", summary.line(), 0)
+        writer.flush()
