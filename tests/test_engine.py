@@ -108,7 +108,7 @@ def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Pa
     keys = {
         subprocess.run([sys.executable, "-c", script, tiny_gpt2, str(tmp_path / "adapter")], capture_output=True,
                        text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
-        for seed in ("1", "2", "3")
+        for seed in ("1", "2")
     }  # fmt: skip
     assert len(keys) == 1 and len(keys.pop()) == 32
 

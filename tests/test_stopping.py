@@ -19,7 +19,7 @@ import torch
 from conftest import QUICKSTART, REPO, cli_args, real_rows, run_main, write_csv
 from test_serve import call, free_port, post
 
-FIT_POSTS = 1500  # 85 steps an epoch, several epochs: long enough to be stopped mid-run
+FIT_POSTS = 1500  # 85 steps an epoch, 3 epochs: long enough to be stopped in the second
 
 
 def start(args: list[str], logs: Path, **kwargs) -> subprocess.Popen:
@@ -81,7 +81,7 @@ def long_train_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fit_args(tiny_gpt2: str, root: Path, train_csv: Path) -> list[str]:
     # last.ckpt only after validations: what a stop writes is the only mid-epoch checkpoint
-    return cli_args("fit", tiny_gpt2, root, "--data.train_path", str(train_csv), "--trainer.max_epochs", "6",
+    return cli_args("fit", tiny_gpt2, root, "--data.train_path", str(train_csv), "--trainer.max_epochs", "3",
                     "--checkpoint.last_every_n_train_steps", "0")  # fmt: skip
 
 
