@@ -75,3 +75,88 @@ def test_dropout_alters_training_batches_only(tiny_gpt2: str, tmp_path: Path, mo
     assert sum("[" in text for text in val_texts) > 0.9 * len(val_texts)  # validation posts stay as written
     text_only = [decode(ids, skip_special_tokens=True) for b in val_batches for ids in b["text_only"]["input_ids"]]
     assert text_only and not any("[" in text for text in text_only)
+
+
+# ---- two-view training (data.emoticon_views 2) ------------------------------------------------------------------
+def test_two_views_of_each_post_with_tags_sit_in_the_same_batch_and_are_aligned(tiny_gpt2: str, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("PL_GLOBAL_SEED", "42")
+    posts = real_rows(200)
+    posts[0]["review"] = "[哈哈][哈哈]"  # nothing but tags: one view
+    posts[1]["review"] = "没有表情的一句话"  # nothing to strip: one view
+    dm = WeiboDataModule(train_path=str(write_csv(tmp_path / "t.csv", posts)), emoticon_views=2, val_fraction=0.05,
+                         tokenizer_name_or_path=tiny_gpt2)  # fmt: skip
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    decode = dm.tokenizer.decode
+    for batch in dm.train_dataloader():
+        assert len(batch["labels"]) <= 2 * dm.batch_size
+        raw_rows, stripped_rows = batch["view_pairs"].T.tolist()
+        for raw, stripped in zip(raw_rows, stripped_rows):
+            raw_text = decode(batch["input_ids"][raw], skip_special_tokens=True).replace(" ", "")
+            stripped_text = decode(batch["input_ids"][stripped], skip_special_tokens=True).replace(" ", "")
+            if batch["attention_mask"][raw].sum() < dm.max_length:  # not cut to the window: compare the whole post
+                assert "[" in raw_text and TAGS.strip(raw_text) == stripped_text  # one post, with and without tags
+            assert batch["labels"][raw] == batch["labels"][stripped]
+    counts: dict[int, int] = {}
+    for batch in dm.train_dataloader().batch_sampler.batches(0):
+        for index, _ in batch:
+            counts[index] = counts.get(index, 0) + 1
+    strippable = {i for i, ids in enumerate(train.stripped_lengths()) if ids is not None}
+    assert {i for i, n in counts.items() if n == 2} == strippable  # posts with tags to remove: twice
+    assert set(counts) == set(range(len(train)))  # every post at least once, each epoch
+
+
+def test_two_view_loss_is_both_views_cross_entropy_plus_lambda_times_symmetric_kl() -> None:
+    import torch
+
+    from weibo_sentiment.model import symmetric_kl
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [1.0, 1.0], [-3.0, 3.0]])
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    p, q = logits.softmax(-1), logits.log_softmax(-1)
+    expected = sum(0.5 * ((p[a] * (q[a] - q[b])).sum() + (p[b] * (q[b] - q[a])).sum()) for a, b in pairs.tolist()) / 2
+    assert torch.allclose(symmetric_kl(logits, pairs), expected)
+    assert symmetric_kl(torch.tensor([[1.0, 2.0], [1.0, 2.0]]), torch.tensor([[0, 1]])) == 0  # the views agree
+    assert symmetric_kl(logits, torch.tensor([[0, 3]])) > symmetric_kl(logits, torch.tensor([[0, 1]])) > 0
+
+
+def test_two_view_training_is_deterministic_and_resumes_mid_epoch_to_the_same_weights(
+    tiny_gpt2: str, train_csv: Path, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import REPO, cli_args, run_main
+
+    def args(root: Path, *extra: str) -> list[str]:
+        return cli_args("fit", tiny_gpt2, root, "--data.train_path", str(train_csv), "--data.emoticon_dropout", "0",
+                        "--data.emoticon_views", "2", "--model.view_consistency", "0.5",
+                        "--checkpoint.last_every_n_train_steps", "5", *extra)  # fmt: skip
+
+    last = lambda root: root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"  # noqa: E731
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for root in runs:
+        result = run_main(args(root))
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (torch.load(last(root), weights_only=True) for root in runs)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])  # same seed, same run
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "main.py", *args(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    while not last(killed).exists():
+        assert process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < torch.load(last(killed), weights_only=True)["global_step"] < a["global_step"]
+    assert run_main([*args(killed), "--ckpt_path", "last"]).returncode == 0
+    resumed = torch.load(last(killed), weights_only=True)
+    assert all(torch.equal(resumed["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_two_views_and_emoticon_dropout_do_not_mix(tiny_gpt2: str) -> None:
+    with pytest.raises(UserError, match="emoticon_views 2 trains on every post with and without its tags"):
+        WeiboDataModule(emoticon_views=2, emoticon_dropout=0.5, tokenizer_name_or_path=tiny_gpt2)

@@ -31,6 +31,15 @@ from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import ModelSettings
 
 
+def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Mean over ``pairs`` (rows of one post as written and without its tags) of the symmetric KL divergence
+    ½ (KL(p‖q) + KL(q‖p)) between the two rows' predicted distributions."""
+    log_p, log_q = logits.float().log_softmax(dim=-1)[pairs[:, 0]], logits.float().log_softmax(dim=-1)[pairs[:, 1]]
+    kl_pq = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    kl_qp = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+    return ((kl_pq + kl_qp) / 2).mean()
+
+
 class SentimentClassifier(LightningModule):
     """Sentiment of Weibo posts: a sequence-classification backbone with LoRA, scored by accuracy and macro-F1."""
 
@@ -118,6 +127,10 @@ class SentimentClassifier(LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        if "view_pairs" in batch:  # two-view training: the words must say what the tags say
+            divergence = symmetric_kl(logits, batch["view_pairs"])
+            loss = loss + self.settings.view_consistency * divergence
+            self.log("train_view_kl", divergence, on_step=True, on_epoch=True, batch_size=len(batch["view_pairs"]))
         metrics.update(logits.argmax(dim=-1), batch["labels"])
         if stage != "train":
             probabilities = logits.detach().float().softmax(dim=-1)

@@ -37,6 +37,8 @@ class ModelSettings:
             The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
         quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with fp32 on
             ~99.9 % of posts, README Speed); default: none.
+        view_consistency: with ``data.emoticon_views: 2``, the weight (lambda) of the symmetric KL divergence between
+            the predictions for a post as written and without its emoticon tags, added to their cross-entropy.
     """
 
     model_name_or_path: str = DEFAULT_BACKBONE
@@ -52,6 +54,7 @@ class ModelSettings:
     warmup_ratio: float = 0.1
     runtime: Optional[Literal["torch", "onnxruntime"]] = None
     quantize: Optional[Literal["int8"]] = None
+    view_consistency: float = 1.0
 
 
 @dataclass
@@ -73,6 +76,10 @@ class DataSettings:
         emoticon_pattern: regular expression of an emoticon tag (see ``weibo_sentiment.emoticons``).
         emoticon_dropout: probability that a training post has its emoticon tags removed, drawn anew each epoch
             from the run's seed; validation, test and prediction never alter posts. 0: the original recipe.
+        emoticon_views: 2: two-view training: every training post with tags to remove comes twice in its batch, as
+            written and without its tags, and the model learns to say from the words what the tags say (its loss
+            adds model.view_consistency x the two predictions' symmetric KL divergence); a batch then holds up to
+            2 x batch_size sequences. 1: one view (with emoticon_dropout, if set).
         batch_size: training batch size.
         eval_batch_size: batch size for validate, test and predict (predict batches also end where padding would
             pass 5 % of their tokens).
@@ -97,6 +104,7 @@ class DataSettings:
     max_length: int = 128
     emoticon_pattern: str = DEFAULT_PATTERN
     emoticon_dropout: float = 0.0
+    emoticon_views: Literal[1, 2] = 1
     batch_size: int = 16
     eval_batch_size: int = 64
     predict_window: int = 2048
@@ -119,6 +127,8 @@ class ServeSettings:
         max_chars: characters per text at most (longer: rejected; the model reads max_length tokens).
         max_body_bytes: request bodies larger than this are answered 413 before they are read; default: what
             max_texts texts of max_chars characters take as JSON (6 bytes a character at most).
+        request_timeout: seconds a request may wait for its answer before it gets 504 (raise it when requests of many
+            texts queue behind each other on a slow model).
         drain_seconds: on SIGTERM or Ctrl-C, how long requests in flight may take to finish before the workers stop.
         api_key: the key every request must carry (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); default:
             the environment variable WEIBO_SENTIMENT_API_KEY. Required when host is not a loopback address.
@@ -132,5 +142,6 @@ class ServeSettings:
     max_texts: int = 256
     max_chars: int = 10_000
     max_body_bytes: Optional[int] = None
+    request_timeout: float = 30.0
     drain_seconds: float = 10.0
     api_key: Optional[str] = None

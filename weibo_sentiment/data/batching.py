@@ -21,7 +21,8 @@ class TokenizedPosts(Dataset):
 
     An integer index gives the post as written plus its tag-free version (``text_input_ids``, ``None`` when
     nothing but tags is left) for the text-only metric. An ``(index, strip)`` pair, as the
-    :class:`LengthGroupedBatches` yields them, gives one version: tag-free when ``strip`` (and something is left).
+    :class:`LengthGroupedBatches` yields them, gives one version: tag-free when ``strip`` (and something is left),
+    with the post's index (``post``) so that two views of one post can be paired in a batch.
     """
 
     def __init__(self, posts: Sequence[Post], tokenize: Tokenize, emoticons: EmoticonTags) -> None:
@@ -50,7 +51,8 @@ class TokenizedPosts(Dataset):
         if isinstance(key, tuple):
             index, strip = key
             ids = self.text_input_ids[index] if strip and self.text_input_ids[index] is not None else None
-            return {"input_ids": ids or self.input_ids[index], "label": self.posts[index].label}
+            return {"input_ids": ids or self.input_ids[index], "label": self.posts[index].label, "post": index,
+                    "stripped": ids is not None}  # fmt: skip
         ids = self.input_ids[key]
         return {"input_ids": ids, "text_input_ids": self.text_input_ids[key], "label": self.posts[key].label}
 
@@ -62,7 +64,8 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
     token count and slices it into batches, then shuffles the batches: every batch pads to a length close to its
     own posts' (Weibo posts average ~66 tokens; padding every post to 128 doubles the work) while the batch
     contents and order stay random. Yields lists of ``(index, strip)`` pairs, ``strip`` drawn with probability
-    ``emoticon_dropout`` for posts that have tags to remove.
+    ``emoticon_dropout`` for posts that have tags to remove; with ``views=2`` every post that has tags to remove
+    comes twice in its batch, as written and without its tags (two-view training), the others once.
 
     Everything is a function of the seed and the epoch, so a resumed run sees the same batches: :meth:`resume`
     skips the batches a checkpoint had already trained on (the data module's ``state_dict`` records them). Under several processes each rank takes every
@@ -80,13 +83,14 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         rank: int = 0,
         world_size: int = 1,
         current_epoch: Optional[Callable[[], int]] = None,
+        views: int = 1,
     ) -> None:
         self.lengths = torch.tensor(list(lengths))
         # A post whose tags cannot be removed (none, or nothing but tags) keeps its own length when "stripped".
         self.stripped_lengths = torch.tensor([s if s is not None else n for s, n in zip(stripped_lengths, lengths)])
         self.strippable = torch.tensor([s is not None for s in stripped_lengths], dtype=torch.bool)
         self.batch_size, self.emoticon_dropout, self.seed = batch_size, emoticon_dropout, seed
-        self.group_batches, self.rank, self.world_size = group_batches, rank, world_size
+        self.group_batches, self.rank, self.world_size, self.views = group_batches, rank, world_size, views
         self.epoch, self._skip = 0, (0, 0)  # (epoch, batches) to skip once, set by resume()
         self.current_epoch = current_epoch  # the trainer's epoch, when there is a trainer (else set_epoch's)
 
@@ -114,6 +118,9 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
             batches += [members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size)]
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         mine = shuffled[self.rank :: self.world_size][: len(self)]
+        if self.views == 2:
+            return [[(index, stripped) for index in batches[b]
+                     for stripped in ((False, True) if self.strippable[index] else (False,))] for b in mine]  # fmt: skip
         return [[(index, bool(strip[index])) for index in batches[b]] for b in mine]
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
@@ -125,8 +132,9 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
 
 
 class PadLabelled:
-    """Collate for labelled batches: dynamic padding plus ``labels``, and for evaluation a ``text_only`` sub-batch
-    of the posts that keep some text without their emoticon tags."""
+    """Collate for labelled batches: dynamic padding plus ``labels``; for evaluation a ``text_only`` sub-batch of
+    the posts that keep some text without their emoticon tags; for two-view training ``view_pairs``, the rows
+    (as written, without tags) of each post that comes twice."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -141,6 +149,13 @@ class PadLabelled:
         text_only = [item for item in items if item.get("text_input_ids") is not None]
         if text_only:
             batch["text_only"] = self._padded([i["text_input_ids"] for i in text_only], [i["label"] for i in text_only])
+        rows: dict[int, dict[bool, int]] = {}
+        for row, item in enumerate(items):
+            if "post" in item:
+                rows.setdefault(item["post"], {})[item["stripped"]] = row
+        pairs = [(views[False], views[True]) for views in rows.values() if len(views) == 2]
+        if pairs:
+            batch["view_pairs"] = torch.tensor(pairs, dtype=torch.long)
         return batch
 
 

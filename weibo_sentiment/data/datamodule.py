@@ -45,6 +45,10 @@ class WeiboDataModule(LightningDataModule):
         if not 0.0 <= s.emoticon_dropout <= 1.0:
             raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {s.emoticon_dropout}")
         self.emoticon_dropout = s.emoticon_dropout
+        if s.emoticon_views == 2 and s.emoticon_dropout > 0:
+            raise UserError("data.emoticon_views 2 trains on every post with and without its tags already: set "
+                            "data.emoticon_dropout to 0, or emoticon_views to 1")  # fmt: skip
+        self.emoticon_views = s.emoticon_views
         self.emoticons = EmoticonTags(s.emoticon_pattern)
         self.datasets: dict[str, Dataset] = {}
         self._ready_stages: set[str] = set()
@@ -132,7 +136,7 @@ class WeiboDataModule(LightningDataModule):
         epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
         batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size,
                                        self.emoticon_dropout, seed, rank=rank, world_size=world_size,
-                                       current_epoch=epoch)  # fmt: skip
+                                       current_epoch=epoch, views=self.emoticon_views)  # fmt: skip
         if self._resume_at is not None:
             batches.resume(*self._resume_at)
             self._resume_at = None
