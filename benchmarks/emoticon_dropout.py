@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true", help="a randomly initialised small GPT-2")
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs (default: the config's)")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.8])
+    parser.add_argument("--two-views", action="store_true", help="also a run with data.emoticon_views 2")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="emoticon-dropout-"))
     extra = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -37,13 +38,16 @@ def main() -> None:
         extra += ["--trainer.max_epochs", str(args.epochs)]
     if args.from_scratch:
         extra += ["--model.model_name_or_path", str(build_gpt2(work / "scratch-gpt2", n_embd=64, n_layer=2, n_head=2))]
+    variants = {str(dropout): ["--data.emoticon_dropout", str(dropout)] for dropout in args.dropouts}
+    if args.two_views:
+        variants["two views"] = ["--data.emoticon_dropout", "0", "--data.emoticon_views", "2"]
     rows = []
-    for dropout in args.dropouts:
+    for name, flags in variants.items():
         start = time.perf_counter()
-        cli = SentimentCLI(args=["fit", "--config", args.config, "--data.emoticon_dropout", str(dropout),
-                                 "--trainer.default_root_dir", str(work / f"p{dropout}"), *extra])  # fmt: skip
+        cli = SentimentCLI(args=["fit", "--config", args.config, *flags,
+                                 "--trainer.default_root_dir", str(work / name.replace(" ", "-")), *extra])  # fmt: skip
         metrics = cli.trainer.callback_metrics
-        rows.append(f"| {dropout} | {metrics['val_f1']:.4f} | {metrics['val_f1_text']:.4f} | "
+        rows.append(f"| {name} | {metrics['val_f1']:.4f} | {metrics['val_f1_text']:.4f} | "
                     f"{cli.trainer.current_epoch} | {time.perf_counter() - start:.0f} s |")  # fmt: skip
         print(rows[-1], flush=True)
     print("\n| emoticon_dropout | val_f1 | val_f1_text | epochs | wall time |\n| --- | --- | --- | --- | --- |")

@@ -1,7 +1,10 @@
 """The analyst's page in a real browser: Debian's chromium, driven by selenium, against a real API server.
 
 In CI (``CI`` set, as ``.ci/run`` sets it, after installing chromium) a missing browser fails these tests; elsewhere
-they are skipped, saying why. ``WEIBO_SENTIMENT_SCREENSHOT=docs/page.png`` keeps the README's screenshot.
+they are skipped, saying why. The README's screenshot comes from the first test, run on the trained quickstart model:
+
+    WEIBO_SENTIMENT_SCREENSHOT=docs/page.png WEIBO_SENTIMENT_PAGE_CKPT=lightning_logs/version_0/checkpoints/last.ckpt \
+        python -m pytest tests/test_page.py -k pasted
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ def open_browser(profile: Path) -> webdriver.Chrome:
 
 @pytest.fixture(scope="module")
 def server(quickstart: dict, tmp_path_factory: pytest.TempPathFactory):
-    """The API serving the quickstart's model, briefly fine-tuned."""
-    process, base = start_server(["--ckpt_path", quickstart["ckpt"]], tmp_path_factory.mktemp("page-server"),
+    """The API serving the quickstart's model, briefly fine-tuned (or the checkpoint WEIBO_SENTIMENT_PAGE_CKPT)."""
+    checkpoint = os.environ.get("WEIBO_SENTIMENT_PAGE_CKPT") or quickstart["ckpt"]
+    process, base = start_server(["--ckpt_path", checkpoint], tmp_path_factory.mktemp("page-server"),
                                  "--serve.max_texts", str(MAX_TEXTS))  # fmt: skip
     yield base
     assert stopped(process, signal.SIGTERM, timeout=60)[0] == 0

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     shown = {**vars(config.serve), "api_key": "(set)" if settings.api_key else None}  # the key itself is never logged
     print(f"serving {API_PATH} on http://{settings.host}:{settings.port} ({mode}) with {shown}", flush=True)
     server = DrainingServer(SentimentAPI(argv, settings), accelerator="auto", workers_per_device=settings.workers,
+                            timeout=settings.request_timeout,
                             middlewares=[(RequestBodyCheck, {"path": API_PATH, "max_bytes": max_body_bytes(settings)})],
                             drain_seconds=settings.drain_seconds)  # fmt: skip
     add_page(server.app, settings, API_PATH)
