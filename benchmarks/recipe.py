@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -88,10 +89,12 @@ def run(model: Path, train: Path, heldout: Path, work: Path, flags: list[str], e
               "--seed_everything", str(seed)]  # fmt: skip
     fit_seconds, _ = main_py("fit", *common, "--data.train_path", str(train), "--trainer.max_epochs", str(epochs), *flags)
     (best,) = root.glob("lightning_logs/version_0/checkpoints/best-*.ckpt")
+    # The best checkpoint's name carries its validation scores: best-epoch=E-step=S-val_f1=F-val_f1_text=T.ckpt
+    validation = {k: float(v) for k, v in re.findall(r"(val_f1(?:_text)?)=([0-9.]+?)(?=-|\.ckpt)", best.name)}
     main_py("test", *common, "--ckpt_path", str(best), "--data.test_path", str(heldout))
     (report,) = root.glob("lightning_logs/version_1/test_metrics.json")
     metrics = json.loads(report.read_text(encoding="utf-8"))["metrics"]
-    return {"seed": seed, "fit_seconds": fit_seconds, **metrics}
+    return {"seed": seed, "fit_seconds": fit_seconds, **validation, **metrics}
 
 
 def summary(runs: list[dict[str, Any]], key: str) -> str:
@@ -118,15 +121,19 @@ def main() -> None:
                 flags, epochs = VARIANTS[name]
                 figures = run(model, train, heldout, work, flags, epochs, seed)
                 results.setdefault(name, []).append(figures)
-                print(f"{name}, seed {seed}: test_f1 {figures['test_f1']:.4f}, test_f1_text {figures['test_f1_text']:.4f}, "
+                if args.out:  # after every run, so an interrupted benchmark keeps what it measured
+                    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+                print(f"{name}, seed {seed}: val_f1 {figures['val_f1']:.4f}, val_f1_text {figures['val_f1_text']:.4f}, "
+                      f"test_f1 {figures['test_f1']:.4f}, test_f1_text {figures['test_f1_text']:.4f}, "
                       f"fit {figures['fit_seconds']:.0f} s", flush=True)  # fmt: skip
-    print("\n| run | held-out F1 (raw) | held-out F1 (text only) | mean of the two | fit wall time |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| run | val_f1 | val_f1_text | held-out F1 (raw) | held-out F1 (text only) | mean of the two | fit wall time |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, runs in results.items():
         for r in runs:
             r["test_f1_mean"] = (r["test_f1"] + r["test_f1_text"]) / 2
-        print(f"| {name} | {summary(runs, 'test_f1')} | {summary(runs, 'test_f1_text')} | "
-              f"{summary(runs, 'test_f1_mean')} | {statistics.mean(r['fit_seconds'] for r in runs):.0f} s |")
+        columns = ("val_f1", "val_f1_text", "test_f1", "test_f1_text", "test_f1_mean")
+        print(f"| {name} | {' | '.join(summary(runs, key) for key in columns)} | "
+              f"{statistics.mean(r['fit_seconds'] for r in runs):.0f} s |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
