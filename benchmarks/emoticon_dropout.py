@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true", help="a randomly initialised small GPT-2")
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs (default: the config's)")
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.8])
-    parser.add_argument("--two-views", action="store_true", help="also a run with data.emoticon_views 2")
+    parser.add_argument("--two-views", action="store_true",
+                        help="also runs with data.emoticon_views 2 and model.view_consistency 1.0 and 0.1")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="emoticon-dropout-"))
     extra = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -40,12 +41,14 @@ def main() -> None:
         extra += ["--model.model_name_or_path", str(build_gpt2(work / "scratch-gpt2", n_embd=64, n_layer=2, n_head=2))]
     variants = {str(dropout): ["--data.emoticon_dropout", str(dropout)] for dropout in args.dropouts}
     if args.two_views:
-        variants["two views"] = ["--data.emoticon_dropout", "0", "--data.emoticon_views", "2"]
+        for weight in ("1.0", "0.1"):
+            variants[f"two views, lambda {weight}"] = ["--data.emoticon_dropout", "0", "--data.emoticon_views", "2",
+                                                       "--model.view_consistency", weight]  # fmt: skip
     rows = []
     for name, flags in variants.items():
         start = time.perf_counter()
         cli = SentimentCLI(args=["fit", "--config", args.config, *flags,
-                                 "--trainer.default_root_dir", str(work / name.replace(" ", "-")), *extra])  # fmt: skip
+                                 "--trainer.default_root_dir", str(work / name.replace(" ", "-").replace(",", "")), *extra])  # fmt: skip
         metrics = cli.trainer.callback_metrics
         rows.append(f"| {name} | {metrics['val_f1']:.4f} | {metrics['val_f1_text']:.4f} | "
                     f"{cli.trainer.current_epoch} | {time.perf_counter() - start:.0f} s |")  # fmt: skip

@@ -4,7 +4,7 @@
 
 Each run fine-tunes m3e-small (a 4-layer, 512-wide Chinese BERT; LoRA r=8 on query and value) through ``main.py fit``
 with ``configs/gpt2_chinese_lora.yaml``'s recipe on 4,000 corpus posts (10 % held out for validation, 1 epoch,
-batch 16), then ``main.py test`` scores its best checkpoint on 6,000 other corpus posts as written (``test_f1``)
+batch 16), then ``main.py test`` scores its best checkpoint on 3,000 other corpus posts (``--heldout-posts``) as written (``test_f1``)
 and with their emoticon tags removed (``test_f1_text``). Every variant runs with 3 seeds; the table gives the
 mean and the spread (min to max) of each figure, and the wall time of ``fit``.
 
@@ -27,7 +27,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "gpt2_chinese_lora.yaml"
@@ -36,6 +36,7 @@ VARIANTS = {  # name -> (flags, epochs)
     "emoticon_dropout 0.0 (as shipped before)": (["--data.emoticon_dropout", "0.0"], 1),
     "emoticon_dropout 0.5": (["--data.emoticon_dropout", "0.5"], 1),
     "two views, lambda 1": (["--data.emoticon_views", "2", "--model.view_consistency", "1.0"], 1),
+    "two views, lambda 0.1": (["--data.emoticon_views", "2", "--model.view_consistency", "0.1"], 1),
     "emoticon_dropout 0.5, 2 epochs (~ two views' wall time)": (["--data.emoticon_dropout", "0.5"], 2),
 }
 
@@ -82,7 +83,7 @@ def main_py(*args: str) -> tuple[float, str]:
     return time.perf_counter() - started, result.stdout
 
 
-def run(model: Path, train: Path, heldout: Path, work: Path, flags: list[str], epochs: int, seed: int) -> dict[str, Any]:
+def run(model: Path, train: Path, heldout: Optional[Path], work: Path, flags: list[str], epochs: int, seed: int) -> dict[str, Any]:
     root = work / f"run-{time.monotonic_ns()}"
     common = ["--config", str(CONFIG), "--model.model_name_or_path", str(model), "--model.target_modules",
               "[query,value]", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
@@ -91,6 +92,8 @@ def run(model: Path, train: Path, heldout: Path, work: Path, flags: list[str], e
     (best,) = root.glob("lightning_logs/version_0/checkpoints/best-*.ckpt")
     # The best checkpoint's name carries its validation scores: best-epoch=E-step=S-val_f1=F-val_f1_text=T.ckpt
     validation = {k: float(v) for k, v in re.findall(r"(val_f1(?:_text)?)=([0-9.]+?)(?=-|\.ckpt)", best.name)}
+    if heldout is None:
+        return {"seed": seed, "fit_seconds": fit_seconds, **validation}
     main_py("test", *common, "--ckpt_path", str(best), "--data.test_path", str(heldout))
     (report,) = root.glob("lightning_logs/version_1/test_metrics.json")
     metrics = json.loads(report.read_text(encoding="utf-8"))["metrics"]
@@ -109,33 +112,51 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "weibo-sentiment" / "recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--heldout-posts", type=int, default=3_000,
+                        help="corpus posts test scores each model on (0: no test, the validation scores only)")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of earlier --out files, merged")
     parser.add_argument("--out", type=Path, help="every run's figures as JSON")
     args = parser.parse_args()
+    if args.table:
+        merged: dict[str, list[dict[str, Any]]] = {}
+        for path in args.table:
+            for name, runs in json.loads(path.read_text(encoding="utf-8")).items():
+                merged.setdefault(name, []).extend(runs)
+        print_table(merged)
+        return
     model = m3e_small(args.cache)
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="recipe-") as folder:
         work = Path(folder)
-        train, heldout = split_corpus(args.corpus, work, 4_000, 6_000, seed=0)
+        train, heldout = split_corpus(args.corpus, work, 4_000, args.heldout_posts, seed=0)
         for seed in args.seeds:  # seeds outermost: each variant sees the machine in the same state
             for name in args.variants:
                 flags, epochs = VARIANTS[name]
-                figures = run(model, train, heldout, work, flags, epochs, seed)
+                figures = run(model, train, heldout if args.heldout_posts else None, work, flags, epochs, seed)
                 results.setdefault(name, []).append(figures)
                 if args.out:  # after every run, so an interrupted benchmark keeps what it measured
                     args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-                print(f"{name}, seed {seed}: val_f1 {figures['val_f1']:.4f}, val_f1_text {figures['val_f1_text']:.4f}, "
-                      f"test_f1 {figures['test_f1']:.4f}, test_f1_text {figures['test_f1_text']:.4f}, "
-                      f"fit {figures['fit_seconds']:.0f} s", flush=True)  # fmt: skip
-    print("\n| run | val_f1 | val_f1_text | held-out F1 (raw) | held-out F1 (text only) | mean of the two | fit wall time |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, runs in results.items():
+                scores = ", ".join(f"{key} {figures[key]:.4f}" for key in COLUMNS if key in figures)
+                print(f"{name}, seed {seed}: {scores}, fit {figures['fit_seconds']:.0f} s", flush=True)
+    print_table(results)
+
+
+COLUMNS = {"val_f1": "val_f1", "val_f1_text": "val_f1_text", "val_f1_mean": "mean of the two",
+           "test_f1": "held-out F1 (raw)", "test_f1_text": "held-out F1 (text only)"}  # fmt: skip
+
+
+def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    """One markdown row per variant: the mean and the spread (min–max) over its seeds, with the seeds' count."""
+    for runs in results.values():
         for r in runs:
-            r["test_f1_mean"] = (r["test_f1"] + r["test_f1_text"]) / 2
-        columns = ("val_f1", "val_f1_text", "test_f1", "test_f1_text", "test_f1_mean")
-        print(f"| {name} | {' | '.join(summary(runs, key) for key in columns)} | "
+            r["val_f1_mean"] = (r["val_f1"] + r["val_f1_text"]) / 2
+    every_run = [r for runs in results.values() for r in runs]
+    columns = [key for key in COLUMNS if all(key in r for r in every_run)]
+    print(f"\n| run | seeds | {' | '.join(COLUMNS[key] for key in columns)} | fit wall time |")
+    print(f"| --- | --- | {' | '.join('---' for _ in columns)} | --- |")
+    for name, runs in results.items():
+        print(f"| {name} | {len(runs)} | {' | '.join(summary(runs, key) for key in columns)} | "
               f"{statistics.mean(r['fit_seconds'] for r in runs):.0f} s |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def stopped(process: subprocess.Popen, signum: int, timeout: float = 30) -> tupl
     while alive_in_group(process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive_in_group(process.pid), f"left running: {alive_in_group(process.pid)}"
+    print(f"{signal.Signals(signum).name}: exit {process.returncode} after {took:.2f} s")  # the figures, with -s or -rP
     return process.returncode, took, stdout, stderr
 
 
@@ -249,6 +250,7 @@ def test_an_oversized_body_is_answered_413_before_it_is_read(trained: dict, tiny
         connection.putheader("Content-Length", str(57_000_000))
         connection.endheaders()
         response = connection.getresponse()
+        print(f"413 for a 57 MB Content-Length after {time.monotonic() - started:.3f} s")
         assert response.status == 413 and time.monotonic() - started < 1.0
         assert "serve.max_body_bytes" in json.loads(response.read())["detail"]
         connection.close()
@@ -262,6 +264,7 @@ def test_an_oversized_body_is_answered_413_before_it_is_read(trained: dict, tiny
             status = connection.getresponse().status
         except (BrokenPipeError, ConnectionResetError):  # it stopped reading: the answer may come first or not at all
             status = 413
+        print(f"413 for a chunked body over the limit after {time.monotonic() - started:.3f} s")
         assert status == 413 and time.monotonic() - started < 1.0
         assert _health(base, {}) == 200 and post(f"{base}/api/sentiment", {"text": "好开心"})[0] == 200
     finally:
