@@ -150,7 +150,7 @@ def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: di
         got = [r["prob_positive"] for r in answer["results"]]
         assert max(abs(a - float(row["prob_positive"])) for a, row in zip(got, int8)) < 1e-5
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)  # SIGINT stays ignored under a background shell
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -78,3 +79,24 @@ def exit_when_stopped() -> Iterator[None]:
             raise
         sys.stderr.write(f"stopped by {signal.Signals(STOP.signum).name}\n")
         raise SystemExit(STOP.exit_code) from None
+
+
+def quiet_handoffs_to_a_stopped_reader(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a worker hands each batch's tensors to the main process through
+    multiprocessing's resource-sharer thread; when the main process has stopped (SIGTERM, Ctrl-C) that thread's send
+    fails with a broken pipe and Python prints its traceback. The reader is gone on purpose, so say nothing."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        frames = []
+        trace = args.exc_traceback
+        while trace is not None:
+            frames.append(trace.tb_frame.f_code.co_filename)
+            trace = trace.tb_next
+        if issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError)) and any(
+            name.endswith("resource_sharer.py") for name in frames
+        ):
+            return
+        previous(args)
+
+    threading.excepthook = hook

@@ -17,6 +17,7 @@ from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import DataSettings
+from weibo_sentiment.stopping import quiet_handoffs_to_a_stopped_reader
 
 
 class WeiboDataModule(LightningDataModule):
@@ -177,4 +178,5 @@ class WeiboDataModule(LightningDataModule):
         # One background process reads and tokenizes while the model works (one keeps the windows in order);
         # standard input stays in this process, which owns it.
         from_stdin = self.predict_path == STDIN
-        return DataLoader(dataset, batch_size=None, num_workers=0 if from_stdin else 1)
+        return DataLoader(dataset, batch_size=None, num_workers=0 if from_stdin else 1,
+                          worker_init_fn=quiet_handoffs_to_a_stopped_reader)  # fmt: skip
