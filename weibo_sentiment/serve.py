@@ -32,7 +32,7 @@ from weibo_sentiment.config import inference_parser
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.predictor import SentimentPredictor, load_predictor
 from weibo_sentiment.settings import ServeSettings
-from weibo_sentiment.stopping import exit_when_stopped
+from weibo_sentiment.stopping import exit_when_stopped, handle_stop_signals
 from weibo_sentiment.webpage import add_page
 
 API_PATH = "/api/sentiment"
@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                             middlewares=[(RequestBodyCheck, {"path": API_PATH, "max_bytes": max_body_bytes(settings)})],
                             drain_seconds=settings.drain_seconds)  # fmt: skip
     add_page(server.app, settings, API_PATH)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, server.on_stop_signal)
+    handle_stop_signals(server.on_stop_signal)
     server.run(host=settings.host, port=settings.port, generate_client_file=False)
     if server.stop_signal is not None:
         print(f"stopped by {signal.Signals(server.stop_signal).name}: requests in flight answered, workers stopped",

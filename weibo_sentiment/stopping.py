@@ -18,12 +18,18 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Optional
+from typing import Any, Callable, Optional
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+def handle_stop_signals(handler: Callable[[int, Optional[FrameType]], Any]) -> None:
+    """Give SIGTERM, and SIGINT unless the parent ignores it (a background job, ``nohup``), to ``handler``."""
+    signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
 
 
 class Interrupted(BaseException):
@@ -49,9 +55,7 @@ class StopRequest:
     def install(self) -> None:
         """Handle SIGTERM, and SIGINT unless it is ignored. (Lightning composes its own SIGTERM handler with this one
         while a trainer runs, and puts this one back after.)"""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, self._on_signal)
+        handle_stop_signals(self._on_signal)
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.signum is not None:  # asked twice: stop now
@@ -88,15 +92,10 @@ def quiet_handoffs_to_a_stopped_reader(worker_id: int = 0) -> None:
     previous = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        frames = []
-        trace = args.exc_traceback
-        while trace is not None:
-            frames.append(trace.tb_frame.f_code.co_filename)
-            trace = trace.tb_next
-        if issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError)) and any(
-            name.endswith("resource_sharer.py") for name in frames
-        ):
-            return
-        previous(args)
+        reader_gone = issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError)) and any(
+            frame.f_code.co_filename.endswith("resource_sharer.py") for frame, _ in traceback.walk_tb(args.exc_traceback)
+        )
+        if not reader_gone:
+            previous(args)
 
     threading.excepthook = hook
