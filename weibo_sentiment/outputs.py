@@ -76,7 +76,6 @@ class RowFile:
 
 
 
-
 class PredictionSummary:
     """What a prediction run found, in constant memory whatever its size: posts by sentiment, mean confidence, a
     histogram of ``prob_positive`` and the posts each class was surest of."""
@@ -101,7 +100,7 @@ class PredictionSummary:
             self.prob_sum_of_squares += prob * prob
             self.histogram[min(int(prob * self.BINS), self.BINS - 1)] += 1
             heap = self._surest.setdefault(row["sentiment"], [])
-            item = (row["confidence"], -sum(self.counts.values()), row[self.text_column])  # earlier rows win ties
+            item = (row["confidence"], -self.posts, row[self.text_column])  # earlier rows win ties
             if len(heap) < self.keep:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
