@@ -76,6 +76,7 @@ def exit_when_stopped() -> Iterator[None]:
     process with one line on stderr and 128 + the signal's number, whatever was raised on the way out (a worker
     process that the same signal stopped can raise its own error first)."""
     STOP.install()
+    quiet_handoffs_to_a_stopped_reader()  # this process hands tensors to its DataLoader workers too
     try:
         yield
     except BaseException:
@@ -86,13 +87,15 @@ def exit_when_stopped() -> Iterator[None]:
 
 
 def quiet_handoffs_to_a_stopped_reader(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: a worker hands each batch's tensors to the main process through
-    multiprocessing's resource-sharer thread; when the main process has stopped (SIGTERM, Ctrl-C) that thread's send
-    fails with a broken pipe and Python prints its traceback. The reader is gone on purpose, so say nothing."""
+    """For the main process and as DataLoader ``worker_init_fn``: processes hand tensors to each other through
+    multiprocessing's resource-sharer thread; when the other side has stopped (SIGTERM, Ctrl-C) that thread's send or
+    handshake fails (connection reset, broken pipe, EOF) and Python prints its traceback. The other side is gone on
+    purpose, so say nothing."""
     previous = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        reader_gone = issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError)) and any(
+        # The send, or the handshake before it (EOFError), fails: every DDP rank's reader stops on the signal too.
+        reader_gone = issubclass(args.exc_type, (OSError, EOFError)) and any(
             frame.f_code.co_filename.endswith("resource_sharer.py") for frame, _ in traceback.walk_tb(args.exc_traceback)
         )
         if not reader_gone:
