@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -283,3 +285,47 @@ def test_last_finds_the_newest_last_checkpoint_including_versioned_names(tmp_pat
     time.sleep(0.01)
     (tmp_path / "last-v1.ckpt").write_bytes(b"new")
     assert find_last_checkpoint(tmp_path, str(tmp_path)).name == "last-v1.ckpt"
+
+
+NOT_FOR_THIS_RUN = ("💡 Tip", "litlogger", "dirpath has changed", "best_model_score", "FutureWarning")
+"""Lines a run must not print: Lightning's advertisement, its warning about training state that only fit uses, and
+deprecation notes of the libraries underneath."""
+
+
+def test_fit_and_predict_print_only_what_a_user_needs(trained: dict, tiny_gpt2: str, posts_csv: Path,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    # predict from a checkpoint of another run folder: that is where Lightning warned that the dirpath changed
+    result = run_main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["last"]),
+                               "--data.predict_path", str(posts_csv),
+                               "--predict_writer.output_path", str(tmp_path / "p.csv")))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for printed in (trained["stdout"], result.stdout + result.stderr):
+        assert not [line for line in printed.splitlines() if any(noise in line for noise in NOT_FOR_THIS_RUN)]
+
+
+def test_a_config_yaml_of_the_users_in_the_working_directory_is_never_touched(trained: dict, tiny_gpt2: str,
+                                                                              posts_csv: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    mine = workdir / "config.yaml"
+    mine.write_text("# my own settings\nanswer: 42\n", "utf-8")
+    base = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--model.model_name_or_path", tiny_gpt2,
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    small = ["--data.train_path", str(trained["train_csv"]), "--trainer.limit_train_batches", "2",
+             "--trainer.limit_val_batches", "2"]  # fmt: skip
+    commands = {
+        "fit": ["fit", *base, *small, "--trainer.max_epochs", "1", "--trainer.logger", "false"],
+        "validate": ["validate", *base, *small, "--ckpt_path", str(trained["best"]), "--trainer.logger", "false"],
+        "predict": ["predict", *base, "--ckpt_path", str(trained["best"]), "--trainer.logger", "false",
+                    "--data.predict_path", str(posts_csv), "--predict_writer.output_path", "out.csv"],
+        "predict with a run folder": ["predict", *base, "--ckpt_path", str(trained["best"]),
+                                      "--data.predict_path", str(posts_csv), "--predict_writer.output_path", "o.csv"],
+        "export": ["export", *base, "--ckpt_path", str(trained["best"]), "--output_dir", "exported"],
+    }  # fmt: skip
+    for name, args in commands.items():
+        result = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=workdir, capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+        assert mine.read_text("utf-8") == "# my own settings\nanswer: 42\n", name
+    # with a logger the run owns its folder, and its config is saved there
+    assert (workdir / "lightning_logs" / "version_0" / "config.yaml").is_file()

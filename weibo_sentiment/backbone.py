@@ -91,8 +91,13 @@ def build_peft_model(settings: ModelSettings) -> PeftModel:
     backbone.train()
     if settings.adapter_path:
         return load_adapter(backbone, settings.adapter_path)
-    return get_peft_model(backbone, lora_config(backbone, settings.target_modules, settings.lora_r,
-                                                settings.lora_alpha, settings.lora_dropout))  # fmt: skip
+    config = lora_config(backbone, settings.target_modules, settings.lora_r, settings.lora_alpha, settings.lora_dropout)
+    with warnings.catch_warnings():
+        # peft's PeftModel reads transformers 5's deprecated `is_gradient_checkpointing` (a FutureWarning printed
+        # before a user's first answer); gradient checkpointing is off here, and peft reads the new name once it has
+        # it.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(backbone, config)
 
 
 def trainable_shapes(peft_model: PeftModel) -> dict[str, torch.Size]:

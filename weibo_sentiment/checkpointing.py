@@ -55,6 +55,16 @@ class AdapterCheckpoint(ModelCheckpoint):
     def adapter_dir(self) -> Path:
         return Path(self.dirpath).parent / self.adapter_dirname
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._fitting = stage == "fit"  # setup runs before a checkpoint is restored
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # validate, test and predict read a checkpoint for its weights: which checkpoints the run that wrote it kept,
+        # and where, is training state they never use (and Lightning would warn that the folder changed).
+        if getattr(self, "_fitting", True):
+            super().load_state_dict(state_dict)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         STOP.finish_step = True  # from now on a stop signal lets the training step in progress finish

@@ -20,7 +20,8 @@ from typing import Any, Optional
 import transformers
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -43,10 +44,21 @@ for _message in (
     "Couldn't infer the batch indices",  # the PredictionWriter keeps posts in the batch, not indices
     ".*does not have many workers",  # posts are tokenized once up front; workers would only add start-up time
     ".*isinstance\\(treespec, LeafSpec\\)",  # Lightning on torch >= 2.10
-    ".*is_gradient_checkpointing",  # peft on transformers 5
     ".*your dataloader is not resumable",  # WeiboDataModule.state_dict records the position within the epoch
 ):
     warnings.filterwarnings("ignore", message=_message)
+
+
+class SaveConfigToRunFolder(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` in its own run folder (``lightning_logs/version_N``) and nowhere else.
+
+    Without a logger (``--trainer.logger false``) Lightning's ``log_dir`` is ``default_root_dir``, by default the
+    current directory, where a ``config.yaml`` may be the user's own: the run owns no folder there, so it saves none.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
 
 
 class SentimentCLI(LightningCLI):
@@ -59,6 +71,7 @@ class SentimentCLI(LightningCLI):
         super().__init__(
             SentimentClassifier,
             WeiboDataModule,
+            save_config_callback=SaveConfigToRunFolder,
             # A resumed run writes into its own folder again, where config.yaml already stands.
             save_config_kwargs={"overwrite": True},
             # The data module splits the data between processes itself (each evaluation post exactly once).
@@ -112,10 +125,15 @@ class SentimentCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Checkpoints are written atomically and read weights-only unless the config brings its own CheckpointIO.
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+        trainer = self._get(self.config_init, "trainer", default={})
+        plugins = _as_list(trainer.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if trainer.get("logger") is False:
+            # The configs' LearningRateMonitor logs to the run's logger; with none (--trainer.logger false) Lightning
+            # would refuse to train, so it is left out.
+            callbacks = _as_list(trainer.get("callbacks"))
+            kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         return super().instantiate_trainer(**kwargs)
 
     def _check_data(self, stage: str) -> None:
@@ -174,6 +192,11 @@ class SentimentCLI(LightningCLI):
         self.trainer.predict(**kwargs)
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A trainer setting that takes one object or a list of them, as a list."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
 def quiet_libraries() -> None:
     """Keep stderr for warnings and our one error line.
 
@@ -188,6 +211,13 @@ def quiet_libraries() -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 handler.setStream(sys.stdout)
+            handler.addFilter(_no_lightning_advertising)
+
+
+def _no_lightning_advertising(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 prints a tip for its cloud logging service (``litlogger``) at every run without it: an
+    advertisement, not something about this run."""
+    return not record.getMessage().startswith("💡 Tip:")
 
 
 def main(args: Any = None) -> None:

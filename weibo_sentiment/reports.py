@@ -57,6 +57,8 @@ class EvaluationReport(Callback):
         misclassified = self._misclassified(trainer, pl_module, stage)
         # log_dir is agreed between processes (a collective call): every rank asks, rank 0 writes.
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) if write_files else None
+        if trainer.logger is None:  # no run folder of its own: log_dir is a folder of the user's, files and all
+            run_dir = None
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
