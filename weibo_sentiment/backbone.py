@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from weibo_sentiment.data.tokenizer import load_tokenizer
+from weibo_sentiment.data.tokenizer import load_tokenizer, quiet_transformers
 from weibo_sentiment.errors import UserError, explain_load_error, first_line
 from weibo_sentiment.settings import ModelSettings
 
@@ -35,9 +35,10 @@ def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
     """
     pad_token_id = load_tokenizer(name_or_path).pad_token_id
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32
-        )
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32
+            )
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the base model {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
 

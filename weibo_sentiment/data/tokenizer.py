@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
 
 from weibo_sentiment.errors import UserError, explain_load_error
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' load report (the freshly initialised classification head we are about to train, the Chinese
+    GPT-2's out-of-vocabulary bos/eos ids, unused since padding comes from the tokenizer) and its progress bar say
+    nothing to a user of this tool; weights that do not fit are checked here and reported as one line. Only for
+    this load: a program that imports us keeps its own transformers settings."""
+    verbosity, progress_bar = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if progress_bar:
+            transformers_logging.enable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)
@@ -19,7 +38,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     read, never changed.
     """
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the tokenizer of {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
     if tokenizer.pad_token_id is None:
