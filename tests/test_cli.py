@@ -18,7 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import BATCH, EPOCHS, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
 from test_model import gpt2_trainable_keys
-from weibo_sentiment.cli import SentimentCLI, find_last_checkpoint, main
+from weibo_sentiment.cli import SentimentCLI, main
+from weibo_sentiment.inference.model_source import locate_checkpoint
 from weibo_sentiment.emoticons import EmoticonTags
 
 def test_fit_writes_adapter_only_checkpoints_the_adapter_and_logs(trained: dict) -> None:
@@ -284,7 +285,7 @@ def test_last_finds_the_newest_last_checkpoint_including_versioned_names(tmp_pat
     (tmp_path / "last.ckpt").write_bytes(b"old")
     time.sleep(0.01)
     (tmp_path / "last-v1.ckpt").write_bytes(b"new")
-    assert find_last_checkpoint(tmp_path, str(tmp_path)).name == "last-v1.ckpt"
+    assert locate_checkpoint("last", checkpoint_dir=str(tmp_path)).name == "last-v1.ckpt"
 
 
 NOT_FOR_THIS_RUN = ("💡 Tip", "litlogger", "dirpath has changed", "best_model_score", "FutureWarning")

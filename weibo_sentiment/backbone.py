@@ -19,10 +19,9 @@ from transformers.pytorch_utils import Conv1D
 
 from weibo_sentiment.data.tokenizer import load_tokenizer, quiet_transformers
 from weibo_sentiment.errors import UserError, explain_load_error, first_line
+from weibo_sentiment.inference.model_source import label_names
 from weibo_sentiment.settings import ModelSettings
 
-ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
-"""Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
 CHECKPOINT_PREFIX = "model."
 """A checkpoint's tensors are the LightningModule's, whose peft model is its attribute ``model``."""
 
@@ -34,10 +33,12 @@ def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
     come from the tokenizer (``[PAD]`` = 0), never from eos. Sequence classification pools the last non-pad token.
     """
     pad_token_id = load_tokenizer(name_or_path).pad_token_id
+    labels = label_names(num_labels)
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32
+                name_or_path, num_labels=num_labels, pad_token_id=pad_token_id, dtype=torch.float32,
+                id2label=dict(enumerate(labels)), label2id={label: number for number, label in enumerate(labels)},
             )
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the base model {name_or_path!r}: {explain_load_error(name_or_path, err)}") from None
@@ -135,25 +136,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception:  # torch raises many types for a damaged file, none of them telling a user more
         raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted, or not a checkpoint at all); "
                         "use a checkpoint written by main.py fit") from None
-
-
-def checkpoint_architecture(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters that shape a checkpoint's tensors; they win over a config's."""
-    hparams = checkpoint.get("hyper_parameters") or {}
-    return {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
-
-
-
-def find_last_checkpoint(root_dir: Path, checkpoint_dir: Optional[str]) -> Path:
-    """The newest ``last*.ckpt``: in ``checkpoint.dirpath`` if set, else in any ``lightning_logs/version_*`` run."""
-    pattern_root = Path(checkpoint_dir) if checkpoint_dir else root_dir / "lightning_logs"
-    # A run writing where a last.ckpt already stands names its own last-v1.ckpt, last-v2.ckpt, ...
-    pattern = "last*.ckpt" if checkpoint_dir else "*/checkpoints/last*.ckpt"
-    candidates = list(pattern_root.glob(pattern))
-    candidates = [path for path in candidates if path.is_file()]
-    if not candidates:
-        raise UserError(f"--ckpt_path last: no last.ckpt under {pattern_root}; give a checkpoint file's path instead")
-    return max(candidates, key=lambda path: path.stat().st_mtime)
 
 
 def check_trainable_tensors(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], base: str) -> None:

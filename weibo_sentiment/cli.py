@@ -27,12 +27,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from weibo_sentiment.backbone import checkpoint_architecture, find_last_checkpoint, read_checkpoint
+from weibo_sentiment.backbone import read_checkpoint
 from weibo_sentiment.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
-from weibo_sentiment.config import LAST, link_data_to_model
+from weibo_sentiment.config import link_data_to_model
 from weibo_sentiment.data.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
+from weibo_sentiment.inference.model_source import checkpoint_architecture, locate_checkpoint
 from weibo_sentiment.model import SentimentClassifier
 from weibo_sentiment.prediction_writer import PredictionWriter
 from weibo_sentiment.reports import EvaluationReport
@@ -108,10 +109,7 @@ class SentimentCLI(LightningCLI):
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
         config = self.config[subcommand]
-        path = Path(config.ckpt_path)
-        if config.ckpt_path == LAST:
-            root_dir = Path(config.trainer.default_root_dir or ".")
-            path = find_last_checkpoint(root_dir, config.checkpoint.dirpath)
+        path = locate_checkpoint(config.ckpt_path, config.trainer.default_root_dir, config.checkpoint.dirpath)
         checkpoint = read_checkpoint(path)
         self._checkpoint = (path, checkpoint)
         architecture = checkpoint_architecture(checkpoint)

@@ -9,24 +9,16 @@ Lightning: the API's process does not need it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from peft import PeftModel
 
-from weibo_sentiment.backbone import (
-    build_peft_model,
-    checkpoint_architecture,
-    find_last_checkpoint,
-    load_trained_tensors,
-    read_checkpoint,
-)
-from weibo_sentiment.engine import is_exported, refuse_checkpoint
-from weibo_sentiment.errors import UserError
+from weibo_sentiment.inference.model_source import ARCHITECTURE_HPARAMS, LAST, ModelSource, resolve_model_source
 from weibo_sentiment.settings import DataSettings, ModelSettings, ServeSettings
 
-LAST = "last"
-"""``--ckpt_path last``: the newest ``last.ckpt`` under ``lightning_logs/``."""
+if TYPE_CHECKING:
+    from weibo_sentiment.inference.analyzer import SentimentAnalyzer
+
 
 
 def link_data_to_model(parser: ArgumentParser) -> None:
@@ -62,38 +54,52 @@ def inference_parser(description: str) -> ArgumentParser:
     return parser
 
 
-def with_checkpoint(parser: ArgumentParser, config: Namespace) -> tuple[Namespace, Optional[dict[str, Any]]]:
-    """The config with ``--ckpt_path`` resolved and read, the hyper-parameters that shape its tensors taken from
-    it (as main.py does), and the ``--runtime``/``--quantize`` overrides applied; and the checkpoint, if any."""
-    overrides = {key: config[key] for key in ("runtime", "quantize") if config[key] is not None}
-    checkpoint = None
-    if config.ckpt_path:
-        path = find_last_checkpoint(Path("."), None) if config.ckpt_path == LAST else Path(config.ckpt_path)
-        checkpoint = read_checkpoint(path)
-        config.ckpt_path = str(path)
-        overrides.update(checkpoint_architecture(checkpoint))
-    if overrides:
-        config = parser.parse_object({"model": overrides}, config)
-    return config, checkpoint
+def load_config(config: Optional[str | Path] = None, **overrides: Any) -> Namespace:
+    """A ``main.py`` YAML read as the API, console and export read it (``None``: the defaults), with flag values
+    (``ckpt_path``, ``runtime``, ``quantize``, ``precision``) set as given; for the Python API."""
+    parser = inference_parser("weibo_sentiment")
+    args = ["--config", str(config)] if config is not None else []
+    parsed = parser.parse_args(args)
+    for key, value in overrides.items():
+        if value is not None:
+            parsed[key] = value
+    return parsed
 
 
-def trained_model(parser: ArgumentParser, config: Namespace) -> tuple[Namespace, ModelSettings, Optional[PeftModel]]:
-    """The settings of a parsed ``inference_parser`` config, and its peft model with the checkpoint's trained
-    tensors loaded (none for an exported model, which holds its own)."""
-    config, checkpoint = with_checkpoint(parser, config)
-    settings = ModelSettings(**vars(config.model))
-    if is_exported(settings.model_name_or_path):
-        if checkpoint is not None:
-            raise refuse_checkpoint(settings.model_name_or_path)
-        return config, settings, None
-    model = build_peft_model(settings)
-    if checkpoint is not None:
-        try:
-            load_trained_tensors(model, checkpoint, settings.model_name_or_path)
-        except UserError as err:
-            raise UserError(f"{config.ckpt_path}: {err}") from None
-    return config, settings, model
+def source_from_config(config: Namespace) -> ModelSource:
+    """The model a parsed config names: ``--ckpt_path`` (``last`` under its ``trainer.default_root_dir`` /
+    ``checkpoint.dirpath``, as ``main.py`` looks), ``model.adapter_path``, or an exported ``model_name_or_path``."""
+    trainer = config.get("trainer") or {}
+    checkpoint = config.get("checkpoint") or {}
+    return resolve_model_source(
+        config.model.model_name_or_path,
+        ckpt_path=config.get("ckpt_path"),
+        adapter_path=config.model.adapter_path,
+        architecture={key: config.model[key] for key in ARCHITECTURE_HPARAMS},
+        max_length=config.data.max_length,
+        root_dir=trainer.get("default_root_dir"),
+        checkpoint_dir=checkpoint.get("dirpath"),
+    )
+
+
+def inference_mode(config: Namespace) -> dict[str, Any]:
+    """The runtime, quantisation and precision a parsed config asks for (flags over the ``model:`` section)."""
+    return {
+        "runtime": config.get("runtime") or config.model.runtime,
+        "quantize": config.get("quantize") or config.model.quantize,
+        "precision": config.get("precision") or "32-true",
+    }
 
 
 def data_settings(config: Namespace) -> DataSettings:
     return DataSettings(**vars(config.data))
+
+
+def analyzer_for(config: Namespace, source: Optional[ModelSource] = None, device: str = "cpu") -> SentimentAnalyzer:
+    """The analyzer of a parsed config, in the mode its flags ask for; ``source`` when it was resolved already (the
+    API resolves it once in its main process and hands it to its workers)."""
+    from weibo_sentiment.inference.analyzer import SentimentAnalyzer
+
+    return SentimentAnalyzer.from_source(source or source_from_config(config), **inference_mode(config), device=device,
+                                         batch_size=config.data.eval_batch_size,
+                                         emoticon_pattern=config.data.emoticon_pattern)  # fmt: skip

@@ -11,27 +11,27 @@ from __future__ import annotations
 
 import sys
 
-from weibo_sentiment.config import inference_parser
+from weibo_sentiment.config import analyzer_for, inference_parser
 from weibo_sentiment.errors import exit_on_user_error
-from weibo_sentiment.predictor import load_predictor
+from weibo_sentiment.inference.analyzer import SentimentRow
 from weibo_sentiment.stopping import exit_when_stopped
 
 QUIT = {"q", "quit"}
 
 
-def describe(row: dict) -> str:
+def describe(row: SentimentRow) -> str:
     """One line for one post: sentiment, confidence, and the emoticon tags it may rest on."""
-    line = f"{row['sentiment']}  confidence {row['confidence']:.2f}"
-    if row["emoticons"]:
-        line += f"  (emoticons: {row['emoticons']})"
-    return line + ("  (truncated to the model's window)" if row["truncated"] else "")
+    line = f"{row.sentiment}  confidence {row.confidence:.2f}"
+    if row.emoticons:
+        line += f"  (emoticons: {row.emoticons})"
+    return line + ("  (truncated to the model's window)" if row.truncated else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = inference_parser(__doc__.splitlines()[0])
     with exit_when_stopped():  # Ctrl-C or SIGTERM: one line, exit 130 or 143, no traceback
         with exit_on_user_error():
-            predictor = load_predictor(parser, parser.parse_args(argv))
+            analyzer = analyzer_for(parser.parse_args(argv))
         interactive = sys.stdin.isatty()
         if interactive:
             print("Type a Weibo post and press Enter (q to quit).")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             if not post:
                 print("empty post: type some text, or q to quit", flush=True)
                 continue
-            print(describe(predictor.predict([post])[0]), flush=True)
+            print(describe(analyzer.predict([post])[0]), flush=True)
 
 
 if __name__ == "__main__":

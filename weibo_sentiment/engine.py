@@ -37,13 +37,12 @@ import torch
 
 from weibo_sentiment.errors import UserError, first_line
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
+from weibo_sentiment.inference.model_source import ModelSource, is_exported, read_manifest
 from weibo_sentiment.settings import ModelSettings
 
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("32-true", "bf16-mixed")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-MANIFEST = "weibo_sentiment_export.json"
-"""The file that marks a directory written by ``weibo_sentiment.export``."""
 EXPORT_FORMAT = 1  # bump when what an exported ONNX file computes changes: old cache entries are then left unused
 OPSET = 17
 CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base model's size, int8 a quarter of it)
@@ -324,22 +323,36 @@ def engine_for(settings: ModelSettings, peft_model: Any, precision: str = "32-tr
     return build_engine(peft_model, mode, settings.model_name_or_path)
 
 
-def refuse_checkpoint(exported_dir: str) -> UserError:
-    return UserError(f"{exported_dir} is an exported model, which holds its trained weights already: predict from "
-                     "it without a checkpoint")
+def engine_for_source(source: ModelSource, runtime: Optional[str] = None, quantize: Optional[str] = None,
+                      precision: str = "32-true", device: torch.device = torch.device("cpu")) -> Engine:  # fmt: skip
+    """The engine of a resolved model source in the mode asked for: an export's ONNX file, or the base model with
+    its trained tensors (checkpoint or adapter) loaded, LoRA merged or exported to ONNX."""
+    if source.kind == "exported":
+        return exported_engine(source.path, choose_mode(runtime, precision, quantize, device.type, exported=True))
+    settings = model_settings(source, runtime=runtime, quantize=quantize)
+    mode = choose_mode(runtime, precision, quantize, device.type)  # before loading: a wrong mode is one quick line
+    peft_model = load_trained_model(source)
+    peft_model.to(device)
+    return build_engine(peft_model, mode, settings.model_name_or_path)
 
 
-def is_exported(path: Optional[str]) -> bool:
-    """Whether ``path`` is a directory written by ``weibo_sentiment.export``."""
-    return bool(path) and (Path(path) / MANIFEST).is_file()
+def model_settings(source: ModelSource, **changes: Any) -> ModelSettings:
+    """The ``model:`` settings that build a source's (non-exported) model."""
+    return ModelSettings(model_name_or_path=source.base_model, adapter_path=source.adapter_path,
+                         **source.architecture, **changes)  # fmt: skip
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable export manifest ({first_line(err)}); export the model again") from None
+def load_trained_model(source: ModelSource) -> Any:
+    """The peft model of a checkpoint or adapter source, its trained tensors loaded and checked."""
+    from weibo_sentiment.backbone import build_peft_model, load_trained_tensors, read_checkpoint
+
+    peft_model = build_peft_model(model_settings(source))
+    if source.kind == "checkpoint":
+        try:
+            load_trained_tensors(peft_model, read_checkpoint(source.path), source.base_model)
+        except UserError as err:
+            raise UserError(f"{source.path}: {err}") from None
+    return peft_model
 
 
 def exported_engine(directory: str | Path, mode: InferenceMode) -> OnnxEngine:

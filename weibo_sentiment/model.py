@@ -26,7 +26,8 @@ from torchmetrics.classification import (
 from transformers import get_linear_schedule_with_warmup
 
 from weibo_sentiment.backbone import build_peft_model, check_trainable_tensors
-from weibo_sentiment.engine import Engine, engine_for, is_exported, read_manifest, refuse_checkpoint
+from weibo_sentiment.engine import Engine, engine_for
+from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import ModelSettings
 

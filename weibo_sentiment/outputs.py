@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 import torch
 
@@ -89,8 +89,13 @@ class PredictionSummary:
         self.histogram = [0] * self.BINS
         self._surest: dict[str, list[tuple[float, int, str]]] = {}  # sentiment -> min-heap (confidence, -order, text)
 
-    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+    def add(self, rows: Iterable[Any], texts: Optional[Iterable[str]] = None) -> None:
+        """Count rows: prediction-file rows (dicts holding their text) or :class:`SentimentRow` objects, whose texts
+        may come beside them (for the posts each class was surest of)."""
+        texts = iter(texts) if texts is not None else None
         for row in rows:
+            row = row if isinstance(row, dict) else row.to_dict()
+            text = next(texts) if texts is not None else row.get(self.text_column, "")
             self.counts[row["sentiment"]] += 1
             if row["sentiment"] == EMPTY:
                 continue
@@ -100,7 +105,7 @@ class PredictionSummary:
             self.prob_sum_of_squares += prob * prob
             self.histogram[min(int(prob * self.BINS), self.BINS - 1)] += 1
             heap = self._surest.setdefault(row["sentiment"], [])
-            item = (row["confidence"], -self.posts, row[self.text_column])  # earlier rows win ties
+            item = (row["confidence"], -self.posts, text)  # earlier rows win ties
             if len(heap) < self.keep:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
@@ -127,8 +132,25 @@ class PredictionSummary:
         """(confidence, post) of the posts labelled ``sentiment`` with the highest confidence, highest first."""
         return [(confidence, text) for confidence, _, text in sorted(self._surest.get(sentiment, []), reverse=True)]
 
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as the API answers them: posts, each sentiment's count and share of the classified posts, posts
+        without text, mean confidence."""
+        shares = {f"{name}_share": round(self.counts[name] / self.classified, 6) for name in self.sentiments()}
+        return {"count": self.posts, **{name: self.counts[name] for name in (*SENTIMENTS, *self.sentiments())},
+                EMPTY: self.counts[EMPTY], **shares,
+                "mean_confidence": round(self.mean_confidence, 6) if self.classified else None}  # fmt: skip
+
     def line(self) -> str:
         """``N posts: P positive (x %), Q negative (y %), E empty; mean confidence c``."""
         shares = [f"{self.counts[name]} {name} ({self.counts[name] / self.classified:.1%})" for name in self.sentiments()]
         return (f"{self.posts} posts: {', '.join(shares) or 'none classified'}, {self.counts[EMPTY]} {EMPTY}"
                 + (f"; mean confidence {self.mean_confidence:.3f}" if self.classified else ""))
+
+
+def summarize(rows: Iterable[Any], texts: Optional[Iterable[str]] = None) -> PredictionSummary:
+    """What a set of rows says: counts and shares per sentiment, posts without text, mean confidence, the posts
+    each class was surest of (when ``texts`` are given); ``.line()`` says it in one line, ``.as_dict()`` as JSON.
+    ``main.py predict``, the API's answers and the page use the same."""
+    summary = PredictionSummary("text")
+    summary.add(rows, texts)
+    return summary

@@ -1,0 +1,179 @@
+"""The public Python API: load a trained model once, label posts in length-sorted batches, get one row per post.
+
+    from weibo_sentiment import SentimentAnalyzer, summarize
+    analyzer = SentimentAnalyzer.load("lightning_logs/version_0/checkpoints/last.ckpt", config="configs/quickstart.yaml")
+    rows = analyzer.predict(["今天真开心[哈哈]", "排队两小时，太失望了"])   # one row per post, in order
+    print(rows[0].sentiment, rows[0].confidence, summarize(rows).line())
+
+``main.py predict`` (through the LightningModule), the HTTP API, its page, the console and the BettaFish analyzer
+label through the same engine, batching and rows, so every entry point gives the same answer for the same post.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from weibo_sentiment.inference.model_source import ModelSource, is_exported, source_of_path
+
+
+@dataclass(frozen=True)
+class SentimentRow:
+    """What the model says of one post.
+
+    Attributes:
+        label: 0 (negative) or 1 (positive); ``None`` for a post without text.
+        sentiment: ``negative``, ``positive``, or ``empty`` for a post without text.
+        confidence: the larger of the two probabilities (``None`` when empty).
+        prob_positive: the probability of ``positive`` (``None`` when empty).
+        emoticons: the post's emoticon tags (``[哈哈][泪]``), which a prediction may rest on.
+        truncated: the post was longer than the model reads (``max_length`` tokens) and was read up to there.
+    """
+
+    label: Optional[int]
+    sentiment: str
+    confidence: Optional[float]
+    prob_positive: Optional[float]
+    emoticons: str
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SentimentAnalyzer:
+    """A trained model loaded once, labelling posts: ``predict(texts)`` gives one :class:`SentimentRow` per text.
+
+    Build it with :meth:`load` (a path) or :meth:`from_source` (a resolved :class:`ModelSource`). Close it (or use it
+    as a context manager) to give back the engine's memory at once.
+    """
+
+    def __init__(self, engine: Any, tokenize: Any, emoticons: Any, source: ModelSource, batch_size: int = 64) -> None:
+        self.engine, self.tokenize, self.emoticons, self.source = engine, tokenize, emoticons, source
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model: Optional[str | Path] = None,
+        *,
+        config: Optional[str | Path] = None,
+        base_model: Optional[str] = None,
+        runtime: Optional[str] = None,
+        quantize: Optional[str] = None,
+        precision: str = "32-true",
+        batch_size: Optional[int] = None,
+        device: str = "cpu",
+    ) -> SentimentAnalyzer:
+        """Load a model.
+
+        Args:
+            model: a checkpoint written by ``main.py fit`` (or ``"last"``: the newest under the config's run
+                folder), a peft adapter directory, or a directory written by ``main.py export``. ``None``: what the
+                config names (its ``model.model_name_or_path`` as an exported directory, or ``model.adapter_path``).
+            config: a ``main.py`` YAML config: the base model, ``max_length``, the emoticon pattern and batch size
+                come from it. Without one, a checkpoint's own (saved by ``fit``), else the defaults.
+            base_model: the base model (hub id or directory) the checkpoint or adapter sits on; overrides the
+                config's and the checkpoint's.
+            runtime: ``torch`` or ``onnxruntime`` (default: onnxruntime for int8 and exported models, else torch).
+            quantize: ``int8`` (onnxruntime, fastest on CPUs).
+            precision: ``32-true`` or ``bf16-mixed`` (torch).
+            batch_size: posts per forward pass at most (default: the config's ``data.eval_batch_size``, 64).
+            device: ``cpu`` or ``cuda`` (torch).
+        """
+        if config is None and model is not None:  # the checkpoint's own base model and max_length, or the defaults
+            source = source_of_path(model, base_model)
+            return cls.from_source(source, runtime=runtime, quantize=quantize, precision=precision,
+                                   batch_size=batch_size or 64, device=device)  # fmt: skip
+        from weibo_sentiment.config import inference_mode, load_config, source_from_config
+
+        parsed = load_config(config, runtime=runtime, quantize=quantize, precision=precision)
+        if base_model:
+            parsed.model.model_name_or_path = base_model
+        if model is not None:
+            name_model_in_config(parsed, str(model))
+        return cls.from_source(source_from_config(parsed), **inference_mode(parsed), device=device,
+                               batch_size=batch_size or parsed.data.eval_batch_size,
+                               emoticon_pattern=parsed.data.emoticon_pattern)  # fmt: skip
+
+    @classmethod
+    def from_source(
+        cls,
+        source: ModelSource,
+        *,
+        runtime: Optional[str] = None,
+        quantize: Optional[str] = None,
+        precision: str = "32-true",
+        batch_size: int = 64,
+        device: str = "cpu",
+        emoticon_pattern: Optional[str] = None,
+    ) -> SentimentAnalyzer:
+        """An analyzer for a resolved model source (the API's workers get the one its main process resolved)."""
+        import torch
+
+        from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
+        from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
+        from weibo_sentiment.engine import engine_for_source
+
+        engine = engine_for_source(source, runtime, quantize, precision, torch.device(device))
+        tokenize = Tokenize(load_tokenizer(source.tokenizer), source.max_length)
+        return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size)
+
+    @property
+    def mode(self) -> str:
+        """What labels: ``torch fp32``, ``onnxruntime int8``, ..."""
+        return str(self.engine.mode)
+
+    def predict(self, texts: Iterable[str]) -> list[SentimentRow]:
+        """One row per text, in order. Texts are batched as ``main.py predict`` batches a window (sorted by token
+        count, answers put back in input order), so a short post never pays for padding to a long one."""
+        import torch
+
+        from weibo_sentiment.data.batching import SortedPostBatches
+        from weibo_sentiment.data.readers import Post
+        from weibo_sentiment.outputs import prediction_rows
+
+        texts = list(texts)
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("predict takes a list of str (one post each)")
+        posts = [Post(text) for text in texts]
+        probabilities = torch.full((len(texts), self.engine.num_labels), float("nan"))
+        truncated = [False] * len(texts)
+        batches = SortedPostBatches([], self.tokenize, self.tokenize.tokenizer.pad_token_id, self.batch_size,
+                                    max(len(texts), 1))  # fmt: skip
+        for batch in batches.window_batches(posts):
+            if not len(batch["classified"]):
+                continue
+            positions = torch.as_tensor(batch["positions"])[batch["classified"]]
+            probabilities[positions] = self.engine(torch.as_tensor(batch["input_ids"]),
+                                                   torch.as_tensor(batch["attention_mask"])).cpu()  # fmt: skip
+            for position, cut in zip(positions.tolist(), batch.get("truncated", [False] * len(positions))):
+                truncated[position] = cut
+        rows = prediction_rows(posts, probabilities, "text", self.emoticons)
+        return [SentimentRow(row["label"], row["sentiment"], row["confidence"], row["prob_positive"], row["emoticons"],
+                             cut) for row, cut in zip(rows, truncated)]  # fmt: skip
+
+    def close(self) -> None:
+        """Give back the engine (its onnxruntime session, or the merged torch weights)."""
+        self.engine.close()
+
+    def __enter__(self) -> SentimentAnalyzer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SentimentAnalyzer({self.source.describe()}, {self.mode})"
+
+
+def name_model_in_config(config: Any, model: str) -> None:
+    """Put a path given to :meth:`SentimentAnalyzer.load` where a config names that kind of model."""
+    if is_exported(model):
+        config.model.model_name_or_path = model
+    elif Path(model).is_dir():
+        config.model.adapter_path = model
+    else:
+        config.ckpt_path = model
