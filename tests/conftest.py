@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from contextlib import suppress
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import pytest
 
@@ -53,6 +59,25 @@ def posts_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """50 other real posts to label, with an id column and no label."""
     rows = [{"id": f"p{i}", "review": row["review"]} for i, row in enumerate(real_rows(50, offset=300))]
     return write_csv(tmp_path_factory.mktemp("posts") / "posts.csv", rows)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--repeat", type=int, default=1, metavar="N",
+                     help="run each selected test N times (run-0 .. run-N-1), to count rare failures; "
+                          "benchmarks/stopping_loop.py uses it")  # fmt: skip
+
+
+@pytest.fixture
+def repeat_index(request: pytest.FixtureRequest) -> int:
+    return request.param
+
+
+@pytest.hookimpl(trylast=True)  # after the tests' own parameters: ids read [one-process-run-0]
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    repeat = metafunc.config.getoption("repeat")
+    if repeat > 1:  # a parameter of its own, so the test's other parameters and module fixtures stay as they are
+        metafunc.fixturenames.append("repeat_index")
+        metafunc.parametrize("repeat_index", range(repeat), indirect=True, ids=[f"run-{i}" for i in range(repeat)])
 
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -122,3 +147,99 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory, train_csv: Path) -> dic
     rows[7]["review"] = "  "
     posts = write_csv(root / "posts.csv", rows)
     return {"root": root, "ckpt": str(next(root.glob("lightning_logs/version_0/checkpoints/last.ckpt"))), "posts": posts}
+
+
+# ---- processes the tests start --------------------------------------------------------------------------------------
+def start_in_own_group(args: list[str], **popen_kwargs) -> subprocess.Popen:
+    """A child in a session, so a process group, of its own (its pid is the group's id): its whole tree, LitServe's
+    workers and all, can be checked and stopped at once, and no signal meant for it reaches pytest. SIGINT is back at
+    its default: a background job of a non-interactive shell (such as a test runner's) starts with it ignored."""
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    popen_kwargs.setdefault("cwd", REPO)
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=restore_sigint, **popen_kwargs)
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    """Processes of the group that still run (zombies waiting to be reaped do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+class GroupStop(NamedTuple):
+    seconds: float  # from the signal until the process exited, or was killed
+    killed: list[int]  # what of its group still ran and was killed: nothing when it stopped as asked
+
+
+def stop_process_group(process: subprocess.Popen, signum: int = signal.SIGTERM, timeout: float = 30,
+                       grace: float = 10) -> GroupStop:  # fmt: skip
+    """Stop a process of ``start_in_own_group`` and all of its group: ``signum``, up to ``timeout`` s for the process
+    to exit and ``grace`` s more for the rest of its group, then SIGKILL to the whole group for whatever is left.
+    (Killing the process alone would leave its children running, orphaned: LitServe's workers, DataLoader workers.)"""
+    sent = time.monotonic()
+    process.send_signal(signum)  # nothing, if it has already exited
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    seconds = time.monotonic() - sent
+    deadline = time.monotonic() + grace
+    while process.poll() is not None and alive_in_group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # it stopped; its children may take a moment more
+    left = alive_in_group(process.pid)
+    if left:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while alive_in_group(process.pid) and time.monotonic() < deadline:  # SIGKILL takes a moment to land
+            time.sleep(0.05)
+    return GroupStop(seconds, left)
+
+
+# Every process that this test session starts inherits this variable, with a value of this session's own: it survives
+# what a check by parentage would miss (a child orphaned by its killed parent belongs to init, no more to pytest), and
+# no process started outside this session (a developer's own server, another pytest run) carries it.
+SESSION_MARK = "WEIBO_SENTIMENT_TEST_SESSION"
+# The project's programs, and the multiprocessing children they start (LitServe's model workers); forked children
+# run their parent's command line.
+PROJECT_COMMAND = re.compile(r"(^|[\s/])main\.py(\s|$)|-m weibo_sentiment\.(serve|console|export)(\s|$)"
+                             r"|(^|[\s/])weibo-sentiment-[\w-]+(\s|$)"
+                             r"|multiprocessing\.spawn import spawn_main")  # fmt: skip
+
+
+def project_processes_of_session(mark: bytes) -> dict[int, str]:
+    """Running processes of the project whose environment holds ``mark``, other than pytest and its forks (a zombie's
+    environment reads empty)."""
+    own_pid, left = os.getpid(), {}
+    own_cmdline = Path(f"/proc/{own_pid}/cmdline").read_bytes()
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            environ, cmdline = (folder / "environ").read_bytes(), (folder / "cmdline").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+        if mark in environ.split(b"\0") and cmdline != own_cmdline and PROJECT_COMMAND.search(command):
+            left[int(folder.name)] = command
+    return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_project_process_left() -> Iterator[None]:
+    """After the suite (this fixture's teardown comes after those of the fixtures that start servers), no process of
+    the project that the tests started may still run: it fails naming them, and kills them."""
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    yield
+    deadline = time.monotonic() + 10  # a server stopped by the last test may still be reaping its workers
+    while (left := project_processes_of_session(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, "processes of the project that the tests started still ran after the suite (now killed):\n" + \
+        "\n".join(f"  {pid}: {command}" for pid, command in left.items())  # fmt: skip

@@ -89,7 +89,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from weibo_sentiment.cli import SentimentCLI, main
-from weibo_sentiment.model import SentimentClassifier
+from weibo_sentiment.training.model import SentimentClassifier
 from tools.tiny_models import build_gpt2
 
 MAX_LENGTH = 128  # data.max_length of configs/quickstart.yaml
@@ -482,7 +482,7 @@ def test_predict_header_only_writes_a_header_only_file(trained: dict, tiny_gpt2:
     source.write_bytes(b"id,review\n")
     assert _predict(trained, tiny_gpt2, tmp_path, source) == []
     header = (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8").splitlines()
-    assert header == ["id,review,label,sentiment,confidence,prob_positive,emoticons"]
+    assert header == ["id,review,label,sentiment,confidence,prob_positive,emoticons,truncated"]
 
 
 @pytest.mark.parametrize(
@@ -546,6 +546,8 @@ def test_predict_a_100k_character_post_keeps_its_row(trained: dict, tiny_gpt2: s
     assert [(r["id"], r["review"]) for r in got] == [(r["id"], r["review"]) for r in rows]
     assert len(got[7]["review"]) == 100_000 and _classified(got[7])
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    longer = [len(tokenizer(row["review"])["input_ids"]) > MAX_LENGTH for row in got]  # counted on their own
+    assert [row["truncated"] for row in got] == [str(flag) for flag in longer] and longer[7]
     assert len(tokenizer(got[7]["review"], truncation=True, max_length=MAX_LENGTH)["input_ids"]) == MAX_LENGTH
 
 

@@ -58,7 +58,7 @@ def test_predict_writes_one_row_per_post_in_input_order(trained: dict, tiny_gpt2
                   "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
     rows, inputs = read_predictions(out), read_predictions(posts_csv)
     assert [(r["id"], r["review"]) for r in rows] == [(r["id"], r["review"]) for r in inputs]
-    assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_positive", "emoticons"]
+    assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_positive", "emoticons", "truncated"]
     assert all(row["emoticons"] == "".join(EmoticonTags().find(row["review"])) for row in rows)
     assert sum(bool(row["emoticons"]) for row in rows) > 40  # nearly every Weibo post carries a tag
     for row in rows:

@@ -21,7 +21,7 @@ from weibo_sentiment.data.batching import (
     TokenizedPosts,
     padding_bounded_batches,
 )
-from weibo_sentiment.data.datamodule import WeiboDataModule
+from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.data.readers import Post, PostReader, read_labelled, stratified_split
 from weibo_sentiment.data.tokenizer import Tokenize
 from weibo_sentiment.emoticons import EmoticonTags
@@ -75,6 +75,30 @@ def test_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [p.text for p in PostReader("-")] == ["好开心", "难过"]
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO('{"review": "好", "id": 7}\n'.encode())))
     assert list(PostReader("-", fmt="jsonl")) == [Post("好", None, "7")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("posts.csv", 'id,review\r\n1,"第一行\n第二行"\r\n\r\n2,\r\n3,"引号 ""里"", 逗号"\n'),  # quoted line break, blank row
+        ("posts.tsv", "review\n好\n\n坏\n"),
+        ("posts.jsonl", '{"review": "好"}\n\n   \n{"review": "坏"}\n'),
+        ("posts.txt", "好开心[哈哈]\n\n   \r\n太难过了[泪]\r独占一行\n"),  # a lone \r ends a line as well
+    ],
+)
+def test_a_count_of_posts_agrees_with_reading_them(tmp_path: Path, name: str, content: str) -> None:
+    """predict's progress bar takes its total from this count, made before labelling."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8", newline="")
+    reader = PostReader(str(path))
+    assert reader.count() == len(list(reader)) > 1
+
+
+def test_standard_input_cannot_be_counted_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("好开心\n难过\n".encode())))
+    reader = PostReader("-")
+    assert reader.count() is None
+    assert [p.text for p in reader] == ["好开心", "难过"]  # nothing was read from it
 
 
 def test_prediction_reader_streams_instead_of_loading_the_file(tmp_path: Path) -> None:
@@ -235,9 +259,50 @@ def test_predict_batches_are_sorted_by_length_within_windows_and_know_their_posi
         widths = [b["input_ids"].shape[1] for b in window]
         assert widths == sorted(widths) and widths[0] < widths[-1]
         assert all(b["input_ids"].shape[1] == b["attention_mask"].sum(dim=1).max() for b in window)
-    shards = [list(SortedPostBatches(posts, Tokenize(tokenizer, 128), 0, 16, 100, rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [SortedPostBatches(posts, Tokenize(tokenizer, 128), 0, 16, 100, rank=r, world_size=2) for r in (0, 1)]
+    shards = [list(rank) for rank in ranks]
     assert sorted(p for shard in shards for b in shard for p in b["positions"]) == list(range(300))
     assert {b["positions"][0] // 100 for b in shards[1]} == {1}  # rank 1 takes the second window
+    # What each rank's progress bar counts to, before reading: 200 and 100 posts.
+    assert [rank.posts_of_this_rank(300) for rank in ranks] == [sum(len(b["posts"]) for b in s) for s in shards] == [200, 100]
+
+
+def test_predict_batches_leave_the_worker_process_without_tensors(tiny_gpt2: str, tmp_path: Path) -> None:
+    """A tensor would leave the worker as a file descriptor, through a handshake that a stop (SIGTERM, Ctrl-C) can
+    cut halfway, with a traceback from the worker's resource-sharer thread; numpy arrays go pickled with the batch."""
+    path = write_csv(tmp_path / "posts.csv", [{"review": r["review"]} for r in real_rows(100)])
+    dm = WeiboDataModule(predict_path=str(path), tokenizer_name_or_path=tiny_gpt2, predict_window=40)
+    dm.setup("predict")
+    loader = dm.predict_dataloader()
+    assert loader.num_workers == 1
+    expected = list(SortedPostBatches(PostReader(str(path)), dm.tokenize, dm.tokenizer.pad_token_id, 64, 40))
+    received = list(loader)
+    assert len(received) == len(expected) and dm.predict_posts_of_this_process() == 100
+    for handed, own in zip(received, expected):
+        assert not [key for key, value in handed.items() if isinstance(value, torch.Tensor)]
+        batch = dm.on_before_batch_transfer(handed, 0)  # what the model gets
+        assert set(batch) == set(own) and batch["posts"] == own["posts"]
+        for key in ("input_ids", "attention_mask", "classified"):
+            assert batch[key].dtype == torch.long and torch.equal(batch[key], own[key]), key
+
+
+def test_labelled_batches_from_workers_cross_as_arrays_too(tiny_gpt2: str, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", real_rows(200))
+    loaders = {}
+    for workers in (0, 1):
+        dm = loaders[workers] = WeiboDataModule(train_path=str(path), tokenizer_name_or_path=tiny_gpt2, num_workers=workers)
+        dm.setup("fit")
+    for split in ("train_dataloader", "val_dataloader"):
+        own, handed = (list(getattr(loaders[w], split)()) for w in (0, 1))
+        assert len(own) == len(handed) >= 1
+        for expected, batch in zip(own, handed):
+            assert not isinstance(batch["input_ids"], torch.Tensor)
+            batch = loaders[1].on_before_batch_transfer(batch, 0)
+            assert set(batch) == set(expected)
+            for key in ("input_ids", "attention_mask", "labels"):
+                assert torch.equal(batch[key], expected[key]), key
+            if "text_only" in expected:  # a batch within the batch
+                assert torch.equal(batch["text_only"]["input_ids"], expected["text_only"]["input_ids"])
 
 
 class FirstBatchOfEachEpoch(Callback):

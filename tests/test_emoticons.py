@@ -8,7 +8,7 @@ import pytest
 
 from conftest import real_rows, write_csv
 from weibo_sentiment.data.batching import LengthGroupedBatches
-from weibo_sentiment.data.datamodule import WeiboDataModule
+from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 
@@ -110,7 +110,7 @@ def test_two_views_of_each_post_with_tags_sit_in_the_same_batch_and_are_aligned(
 def test_two_view_loss_is_both_views_cross_entropy_plus_lambda_times_symmetric_kl() -> None:
     import torch
 
-    from weibo_sentiment.model import symmetric_kl
+    from weibo_sentiment.training.model import symmetric_kl
 
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [1.0, 1.0], [-3.0, 3.0]])
     pairs = torch.tensor([[0, 1], [2, 3]])

@@ -15,9 +15,9 @@ import torch
 
 from test_model import randomize_trainable, sample_batch
 from weibo_sentiment import engine as engine_module
-from weibo_sentiment.engine import InferenceMode, choose_mode, model_fingerprint
+from weibo_sentiment.inference.engine import InferenceMode, choose_mode, model_fingerprint
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.model import SentimentClassifier
+from weibo_sentiment.training.model import SentimentClassifier
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,8 @@ def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Pa
     module = SentimentClassifier(model_name_or_path=tiny_gpt2)
     randomize_trainable(module)
     module.model.save_pretrained(str(tmp_path / "adapter"))
-    script = ("import sys; from weibo_sentiment.model import SentimentClassifier; "
-              "from weibo_sentiment.engine import model_fingerprint; "
+    script = ("import sys; from weibo_sentiment.training.model import SentimentClassifier; "
+              "from weibo_sentiment.inference.engine import model_fingerprint; "
               "m = SentimentClassifier(model_name_or_path=sys.argv[1], adapter_path=sys.argv[2]); "
               "print(model_fingerprint(m.model, sys.argv[1]))")  # fmt: skip
     keys = {

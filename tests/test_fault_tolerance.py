@@ -65,7 +65,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(tmp_path:
     script = textwrap.dedent(
         f"""
         import os, signal, torch
-        from weibo_sentiment.checkpointing import AtomicCheckpointIO
+        from weibo_sentiment.training.checkpointing import AtomicCheckpointIO
         io, path = AtomicCheckpointIO(), {str(tmp_path / "last.ckpt")!r}
         io.save_checkpoint({{"global_step": 1, "w": torch.ones(1000)}}, path)
         real_save = torch.save

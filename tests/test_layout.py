@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import subprocess
 import sys
 
@@ -10,9 +12,17 @@ import pytest
 
 from conftest import REPO
 
-TRAINING_ONLY = ("weibo_sentiment.model", "weibo_sentiment.data.datamodule", "weibo_sentiment.checkpointing",
-                 "weibo_sentiment.reports", "weibo_sentiment.prediction_writer", "weibo_sentiment.cli")  # fmt: skip
 HEAVY_LIBRARIES = ("lightning", "torchmetrics", "matplotlib")
+PACKAGE = REPO / "weibo_sentiment"
+
+
+def modules_of(group: str) -> list[str]:
+    return sorted("weibo_sentiment." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+                  for path in (PACKAGE / group).glob("*.py") if path.name != "__init__.py")  # fmt: skip
+
+
+def of_group(modules: set[str], group: str) -> set[str]:
+    return {name for name in modules if name.startswith(f"weibo_sentiment.{group}.")}
 
 
 def imported_by(module: str) -> set[str]:
@@ -21,18 +31,55 @@ def imported_by(module: str) -> set[str]:
     return set(json.loads(result.stdout.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("entry_point", ["weibo_sentiment.serve", "weibo_sentiment.console", "weibo_sentiment.export"])
-def test_the_api_console_and_export_import_no_training_code_lightning_or_matplotlib(entry_point: str) -> None:
+@pytest.mark.parametrize("entry_point", ["weibo_sentiment", "weibo_sentiment.serve", "weibo_sentiment.console",
+                                         "weibo_sentiment.export", *modules_of("inference"), *modules_of("serving")])
+def test_inference_serving_and_their_entry_points_import_no_training_code_lightning_or_matplotlib(entry_point: str
+                                                                                                 ) -> None:  # fmt: skip
     modules = imported_by(entry_point)
-    assert not modules & set(TRAINING_ONLY)
+    assert not of_group(modules, "training") and "weibo_sentiment.cli" not in modules
     assert not {name.split(".")[0] for name in modules} & set(HEAVY_LIBRARIES)
 
 
-def test_outputs_know_nothing_of_lightning() -> None:
-    modules = imported_by("weibo_sentiment.outputs")
-    assert "lightning" not in {name.split(".")[0] for name in modules}
+@pytest.mark.parametrize("module", [*modules_of("data"), *modules_of("inference")])
+def test_data_and_inference_import_nothing_of_serving(module: str) -> None:
+    modules = imported_by(module)
+    assert not of_group(modules, "serving") and not of_group(modules, "training")
+    if module.startswith("weibo_sentiment.data."):
+        assert not of_group(modules, "inference")  # posts come before models
 
 
 def test_the_package_imports_no_tool_or_benchmark() -> None:
     modules = imported_by("weibo_sentiment.cli") | imported_by("weibo_sentiment.serve")
     assert not {name for name in modules if name.split(".")[0] in ("tools", "benchmarks", "speed_meter", "conftest")}
+
+
+def library_private_names() -> set[str]:
+    """The private attributes of the Lightning and LitServe classes this project builds on."""
+    import litserve
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+    from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    classes = (LightningDataModule, LightningModule, Trainer, BasePredictionWriter, ModelCheckpoint, RichProgressBar,
+               TQDMProgressBar, LightningCLI, SaveConfigCallback, TensorBoardLogger, TorchCheckpointIO,
+               litserve.LitServer, litserve.LitAPI)  # fmt: skip
+    names = {name for cls in classes for name in dir(cls) if name.startswith("_") and not name.startswith("__")}
+    for cls in (ModelCheckpoint, TensorBoardLogger, LightningCLI):  # attributes set in __init__, not on the class
+        names |= set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", inspect.getsource(cls.__init__)))
+    return names
+
+
+def test_no_private_name_of_lightning_or_litserve_outside_the_compatibility_module() -> None:
+    private = library_private_names()
+    found = []
+    for path in sorted((REPO / "weibo_sentiment").rglob("*.py")):
+        if path.name == "compat.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        own = set(re.findall(r"self\.(_\w+)\s*[:=]", text))  # attributes of our own classes
+        for name in re.findall(r"(?:\.|def )(_[a-z]\w*)", text):
+            if name in private and name not in own:
+                found.append(f"{path.relative_to(REPO)}: {name}")
+    assert not found, "private Lightning/LitServe names outside weibo_sentiment/compat.py:\n" + "\n".join(sorted(set(found)))

@@ -9,10 +9,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from weibo_sentiment.checkpointing import export_adapter
+from weibo_sentiment.training.checkpointing import export_adapter
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.backbone import load_adapter, load_backbone
-from weibo_sentiment.model import SentimentClassifier
+from weibo_sentiment.inference.backbone import load_adapter, load_backbone
+from weibo_sentiment.training.model import SentimentClassifier
 
 GPT2_LORA_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_proj")  # "c_proj" names both attention and MLP outputs
 

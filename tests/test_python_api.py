@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,43 @@ def test_a_hugging_face_export_labels_as_main_py_predict_in_a_transformers_pipel
     assert [answer["label"] for answer in answers] == [row["sentiment"] for row in expected]
     for answer, row in zip(answers, expected):
         assert answer["score"] == pytest.approx(float(row["confidence"]), abs=1e-5)
+
+
+def test_last_is_the_same_checkpoint_for_predict_the_api_the_console_and_the_export(quickstart: dict,
+                                                                                   tmp_path: Path) -> None:
+    """With ``trainer.default_root_dir`` set, ``last`` is the newest last.ckpt under it for every entry point, not
+    the one under the current directory (which is newer still here, to catch a search in the wrong place)."""
+    import shutil
+    import time
+
+    from test_stopping import free_port, output, start, stopped, wait_for, _health
+
+    root, workdir = tmp_path / "runs", tmp_path / "work"
+    for folder, version in ((root, 0), (root, 1), (workdir, 0)):
+        target = folder / "lightning_logs" / f"version_{version}" / "checkpoints" / "last.ckpt"
+        target.parent.mkdir(parents=True)
+        shutil.copy(quickstart["ckpt"], target)
+        time.sleep(0.05)  # modification times in this order: root's version_1 is its newest
+    expected = str(root / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt")
+    settings = tmp_path / "runs.yaml"
+    settings.write_text(f"trainer:\n  default_root_dir: {root}\n", encoding="utf-8")
+    common = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(settings),
+              "--model.model_name_or_path", str(REPO / "assets" / "tiny-gpt2-chinese"), "--ckpt_path", "last"]  # fmt: skip
+    main_py = [sys.executable, str(REPO / "main.py")]
+    runs = {
+        "predict": main_py + ["predict", *common, "--data.predict_path", str(quickstart["posts"]),
+                              "--predict_writer.output_path", str(tmp_path / "p.csv")],
+        "export": main_py + ["export", *common, "--output_dir", str(tmp_path / "exported")],
+        "console": [sys.executable, "-m", "weibo_sentiment.console", *common],
+    }  # fmt: skip
+    for name, args in runs.items():
+        result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, input="好开心\n",
+                                env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        assert expected in result.stdout + result.stderr, name
+    port = free_port()
+    server = start([sys.executable, "-m", "weibo_sentiment.serve", *common, "--serve.port", str(port)],
+                   tmp_path / "server-logs", cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    wait_for(lambda: _health(f"http://127.0.0.1:{port}", {}) == 200, server)
+    assert expected in output(server)[0]
+    assert stopped(server, signal.SIGTERM)[0] == 0

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -43,33 +42,13 @@ def post(url: str, payload: object) -> tuple[int, dict | str]:
 
 
 @pytest.fixture(scope="module")
-def server(trained: dict, tiny_gpt2: str):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "weibo_sentiment.serve", "--config", QUICKSTART, "--model.model_name_or_path", tiny_gpt2,
-         "--ckpt_path", str(trained["best"]), "--serve.port", str(port), "--serve.max_texts", "64", "--serve.max_chars", "500"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if call(f"{base}/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the server did not become ready")
+def server(trained: dict, tiny_gpt2: str, tmp_path_factory: pytest.TempPathFactory):
+    from test_stopping import start_server, stopped, tiny_model  # here: test_stopping imports this module's helpers
+
+    process, base = start_server(tiny_model(trained, tiny_gpt2), tmp_path_factory.mktemp("server"),
+                                 "--serve.max_texts", "64", "--serve.max_chars", "500")  # fmt: skip
     yield {"url": f"{base}/api/sentiment", "base": base, "process": process}
-    process.send_signal(signal.SIGTERM)  # SIGINT stays ignored under a background shell
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("the server did not shut down on SIGTERM")
+    assert stopped(process, signal.SIGTERM)[0] == 0
 
 
 def test_answers_equal_main_py_predict_under_50_concurrent_requests(
@@ -96,8 +75,10 @@ def test_a_list_of_texts_is_answered_in_order_with_a_summary(server: dict, posts
     singles = [post(server["url"], {"text": text})[1] for text in texts]
     assert answer["results"] == singles
     positive = sum(result["label"] == 1 for result in singles)
-    assert answer["summary"] == {"count": 20, "positive": positive, "negative": 20 - positive,
-                                 "positive_ratio": positive / 20}  # fmt: skip
+    mean_confidence = round(sum(result["confidence"] for result in singles) / 20, 6)
+    assert answer["summary"] == {"count": 20, "negative": 20 - positive, "positive": positive, "empty": 0,
+                                 "negative_share": (20 - positive) / 20, "positive_share": positive / 20,
+                                 "mean_confidence": pytest.approx(mean_confidence, abs=2e-6)}  # fmt: skip
 
 
 @pytest.mark.parametrize(

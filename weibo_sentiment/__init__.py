@@ -20,13 +20,13 @@ _WHERE = {
     "ModelSource": "weibo_sentiment.inference.model_source",
     "SentimentAnalyzer": "weibo_sentiment.inference.analyzer",
     "SentimentRow": "weibo_sentiment.inference.analyzer",
-    "summarize": "weibo_sentiment.outputs",
+    "summarize": "weibo_sentiment.inference.outputs",
 }
 
 if TYPE_CHECKING:
     from weibo_sentiment.inference.analyzer import SentimentAnalyzer, SentimentRow
     from weibo_sentiment.inference.model_source import ModelSource
-    from weibo_sentiment.outputs import summarize
+    from weibo_sentiment.inference.outputs import summarize
 
 
 def __getattr__(name: str) -> Any:

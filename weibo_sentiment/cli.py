@@ -14,6 +14,8 @@ import logging
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,16 +29,22 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from weibo_sentiment.backbone import read_checkpoint
-from weibo_sentiment.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
+from weibo_sentiment.inference.backbone import read_checkpoint
+from weibo_sentiment.training.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
 from weibo_sentiment.config import link_data_to_model
-from weibo_sentiment.data.datamodule import WeiboDataModule
+from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
-from weibo_sentiment.inference.model_source import checkpoint_architecture, locate_checkpoint
-from weibo_sentiment.model import SentimentClassifier
-from weibo_sentiment.prediction_writer import PredictionWriter
-from weibo_sentiment.reports import EvaluationReport
+from weibo_sentiment.inference.model_source import (
+    checkpoint_architecture,
+    is_exported,
+    locate_checkpoint,
+    resolve_model_source,
+)
+from weibo_sentiment.training.model import SentimentClassifier
+from weibo_sentiment.training.prediction_writer import PredictionWriter
+from weibo_sentiment.training.progress import use_posts_progress_bar
+from weibo_sentiment.training.reports import EvaluationReport
 from weibo_sentiment.settings import ServeSettings
 from weibo_sentiment.stopping import STOP, exit_when_stopped
 
@@ -68,7 +76,7 @@ class SentimentCLI(LightningCLI):
     ``--predict_writer.*``)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
-        self._checkpoint: Optional[tuple[Path, dict[str, Any]]] = None  # set by _parse_ckpt_path
+        self._checkpoint: Optional[tuple[Path, dict[str, Any]]] = None  # set by parse_arguments
         super().__init__(
             SentimentClassifier,
             WeiboDataModule,
@@ -98,14 +106,18 @@ class SentimentCLI(LightningCLI):
         # The HTTP API's settings live in the same config file; main.py only accepts them.
         parser.add_class_arguments(ServeSettings, "serve")
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path`` and take the architecture hyper-parameters from the checkpoint.
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve ``--ckpt_path`` (``last`` under this run's root, ``model_source.locate_checkpoint``) and
+        take from the checkpoint only the hyper-parameters that shape its tensors (``ARCHITECTURE_HPARAMS``).
 
-        Lightning's own version reloads every saved hyper-parameter over the YAML and the command line (a moved
-        base-model directory, say). Here only those that shape the saved tensors (``ARCHITECTURE_HPARAMS``) come from
-        the checkpoint; paths and optimisation settings stay the user's.
+        LightningCLI then reloads every hyper-parameter a checkpoint saved over the YAML and the command line (a moved
+        base-model directory, say): the resolved path is kept aside until ``before_instantiate_classes``, so that
+        paths and optimisation settings stay the user's.
         """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._read_posts_as_exported(subcommand)
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
         config = self.config[subcommand]
@@ -113,17 +125,52 @@ class SentimentCLI(LightningCLI):
         checkpoint = read_checkpoint(path)
         self._checkpoint = (path, checkpoint)
         architecture = checkpoint_architecture(checkpoint)
-        config.ckpt_path = str(path)
         overridden = {k: v for k, v in architecture.items() if config.model.get(k) != v}
         if overridden:
             settings = ", ".join(f"{k}={v}" for k, v in overridden.items())
             rank_zero_info(f"Using {settings} from {path}: they shape the tensors it holds")
         if architecture:
             self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
+        self.config[subcommand].ckpt_path = None
+
+    def _read_posts_as_exported(self, subcommand: str) -> None:
+        """An exported model reads posts to the length it was exported for (its manifest's ``max_length``), as the
+        API and the Python API do: another ``data.max_length`` would label the same post differently."""
+        model = self.config[subcommand].model.model_name_or_path
+        if not is_exported(model):
+            return
+        max_length = resolve_model_source(model).max_length
+        if self.config[subcommand].data.max_length != max_length:
+            rank_zero_info(f"Using max_length={max_length} from {model}: the length it was exported for")
+            self.config = self.parser.parse_object({subcommand: {"data": {"max_length": max_length}}}, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        if self._checkpoint is None:
+            return
+        path = self._checkpoint[0]
+        self.config[self.subcommand].ckpt_path = str(path)
+        if self.subcommand == "fit":
+            self._continue_the_run_folder_of(path)
+
+    def _continue_the_run_folder_of(self, ckpt_path: Path) -> None:
+        """Resuming a run from its own folder continues that folder (same TensorBoard run, same best-k bookkeeping):
+        the default logger is given that folder's version."""
+        config = self.config.fit
+        if config.checkpoint.dirpath or config.trainer.logger not in (None, True):
+            return
+        run_dir = ckpt_path.resolve().parent.parent
+        logs_dir = Path(config.trainer.default_root_dir or ".").resolve() / "lightning_logs"
+        if ckpt_path.parent.name != "checkpoints" or run_dir.parent != logs_dir:
+            return
+        number = run_dir.name.removeprefix("version_")  # TensorBoardLogger names version K's folder version_K
+        logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                  "init_args": {"save_dir": config.trainer.default_root_dir or ".",
+                                "version": int(number) if number.isdigit() else run_dir.name}}  # fmt: skip
+        self.config = self.parser.parse_object({"fit": {"trainer": {"logger": logger}}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Checkpoints are written atomically and read weights-only unless the config brings its own CheckpointIO.
-        trainer = self._get(self.config_init, "trainer", default={})
+        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
         plugins = _as_list(trainer.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
@@ -132,7 +179,9 @@ class SentimentCLI(LightningCLI):
             # would refuse to train, so it is left out.
             callbacks = _as_list(trainer.get("callbacks"))
             kwargs["callbacks"] = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        return super().instantiate_trainer(**kwargs)
+        new_trainer = super().instantiate_trainer(**kwargs)
+        use_posts_progress_bar(new_trainer)  # predict's bar counts posts, out of the input's
+        return new_trainer
 
     def _check_data(self, stage: str) -> None:
         """Check the checkpoint's tensors and read the data before the trainer makes a run folder, so a mistake in
@@ -156,38 +205,38 @@ class SentimentCLI(LightningCLI):
         self._check_data("predict")
 
     def before_fit(self) -> None:
-        """Resuming a run from its own folder continues that folder (same TensorBoard run, same best-k bookkeeping)."""
         self._check_data("fit")
         if "bf16" in str(self.trainer.precision) and isinstance(self.trainer.accelerator, CPUAccelerator):
             if not native_bf16():
                 warn_bf16_emulated()
-        ckpt_path = self.config.fit.get("ckpt_path")
-        logger = self.trainer.logger
-        if not ckpt_path or not isinstance(logger, TensorBoardLogger) or self.config.fit.checkpoint.dirpath:
-            return
-        run_dir = Path(ckpt_path).resolve().parent.parent
-        if Path(ckpt_path).parent.name == "checkpoints" and run_dir.parent == Path(logger.root_dir).resolve():
-            # TensorBoardLogger names its folder by this (an int K means version_K); it has no public setter.
-            number = run_dir.name.removeprefix("version_")
-            logger._version = int(number) if number.isdigit() else run_dir.name
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; a validate, test or predict that a stop signal cut short leaves no run folder of its own behind
-        (a stopped fit keeps its folder: its last.ckpt is where it resumes)."""
+    @contextmanager
+    def _no_run_folder_left_when_stopped(self) -> Iterator[None]:
+        """A validate, test or predict that a stop signal cut short leaves no run folder of its own behind (a
+        stopped fit keeps its folder: its last.ckpt is where it resumes)."""
         logger = self.trainer.logger
         run_dir = Path(logger.log_dir) if isinstance(logger, TensorBoardLogger) else None
         new_run = run_dir is not None and not run_dir.exists()
         try:
-            super()._run_subcommand(subcommand)
+            yield
         except BaseException:
-            if STOP.signum is not None and subcommand != "fit" and new_run and self.trainer.is_global_zero:
+            if STOP.signum is not None and new_run and self.trainer.is_global_zero:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+
+    def validate(self, **kwargs: Any) -> None:
+        with self._no_run_folder_left_when_stopped():
+            self.trainer.validate(**kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        with self._no_run_folder_left_when_stopped():
+            self.trainer.test(**kwargs)
 
     def predict(self, **kwargs: Any) -> None:
         # The PredictionWriter streams rows to the file; keeping them in memory too would grow with the input.
         kwargs["return_predictions"] = False
-        self.trainer.predict(**kwargs)
+        with self._no_run_folder_left_when_stopped():
+            self.trainer.predict(**kwargs)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from weibo_sentiment.inference.model_source import ARCHITECTURE_HPARAMS, LAST, ModelSource, resolve_model_source
+from weibo_sentiment.inference.model_source import ARCHITECTURE_HPARAMS, ModelSource, resolve_model_source
 from weibo_sentiment.settings import DataSettings, ModelSettings, ServeSettings
 
 if TYPE_CHECKING:

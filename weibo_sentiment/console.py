@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_when_stopped():  # Ctrl-C or SIGTERM: one line, exit 130 or 143, no traceback
         with exit_on_user_error():
             analyzer = analyzer_for(parser.parse_args(argv))
+        print(f"Labelling with {analyzer.source.describe()} ({analyzer.mode})", file=sys.stderr, flush=True)
         interactive = sys.stdin.isatty()
         if interactive:
             print("Type a Weibo post and press Enter (q to quit).")

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from weibo_sentiment.emoticons import DEFAULT_PATTERN
+from weibo_sentiment.errors import UserError
 
 DEFAULT_BACKBONE = "uer/gpt2-chinese-cluecorpussmall"
+DEFAULT_TARGET_MODULES = ("c_attn", "c_proj")
 
 
 @dataclass
@@ -48,7 +50,7 @@ class ModelSettings:
     lora_r: int = 8
     lora_alpha: int = 32
     lora_dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     learning_rate: float = 5e-4
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.01
@@ -56,6 +58,18 @@ class ModelSettings:
     runtime: Optional[Literal["torch", "onnxruntime"]] = None
     quantize: Optional[Literal["int8"]] = None
     view_consistency: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.target_modules = list(self.target_modules)  # a tuple from Python or a list from YAML: saved as a list
+        if self.num_labels < 2:
+            raise UserError(f"model.num_labels is the number of classes, at least 2; got {self.num_labels}")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise UserError(f"model.lora_r must be at least 1 and lora_alpha above 0; got {self.lora_r}, {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0 or not 0.0 <= self.warmup_ratio <= 1.0:
+            raise UserError("model.lora_dropout must lie in [0, 1) and warmup_ratio in [0, 1]; got "
+                            f"{self.lora_dropout}, {self.warmup_ratio}")  # fmt: skip
+        if self.learning_rate <= 0:
+            raise UserError(f"model.learning_rate must be above 0; got {self.learning_rate}")
 
 
 @dataclass

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -76,7 +74,6 @@ def exit_when_stopped() -> Iterator[None]:
     process with one line on stderr and 128 + the signal's number, whatever was raised on the way out (a worker
     process that the same signal stopped can raise its own error first)."""
     STOP.install()
-    quiet_handoffs_to_a_stopped_reader()  # this process hands tensors to its DataLoader workers too
     try:
         yield
     except BaseException:
@@ -84,21 +81,3 @@ def exit_when_stopped() -> Iterator[None]:
             raise
         sys.stderr.write(f"stopped by {signal.Signals(STOP.signum).name}\n")
         raise SystemExit(STOP.exit_code) from None
-
-
-def quiet_handoffs_to_a_stopped_reader(worker_id: int = 0) -> None:
-    """For the main process and as DataLoader ``worker_init_fn``: processes hand tensors to each other through
-    multiprocessing's resource-sharer thread; when the other side has stopped (SIGTERM, Ctrl-C) that thread's send or
-    handshake fails (connection reset, broken pipe, EOF) and Python prints its traceback. The other side is gone on
-    purpose, so say nothing."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        # The send, or the handshake before it (EOFError), fails: every DDP rank's reader stops on the signal too.
-        reader_gone = issubclass(args.exc_type, (OSError, EOFError)) and any(
-            frame.f_code.co_filename.endswith("resource_sharer.py") for frame, _ in traceback.walk_tb(args.exc_traceback)
-        )
-        if not reader_gone:
-            previous(args)
-
-    threading.excepthook = hook

@@ -8,8 +8,9 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from weibo_sentiment.data.readers import Post
 from weibo_sentiment.data.tokenizer import Tokenize, pad_to_longest
@@ -159,6 +160,40 @@ class PadLabelled:
         return batch
 
 
+class CrossesAsArrays:
+    """A DataLoader ``collate_fn`` (around ``collate``, or alone where the dataset yields whole batches) whose
+    batches leave a worker process with numpy arrays where they hold tensors; ``as_tensors`` turns them back in the
+    main process (``WeiboDataModule.on_before_batch_transfer``). In the main process the batch stays as it is.
+
+    Why: a tensor leaves a worker as a file descriptor, handed over by multiprocessing's resource-sharer thread in a
+    handshake of its own for each tensor. When a stop (SIGTERM, Ctrl-C) ends the main process in the middle of one,
+    the worker's thread fails (connection reset, EOF) and Python prints its traceback: seen in 2 of 15 stopped
+    predicts. A numpy array is pickled into the worker's queue with the rest of the batch: one message, nothing to
+    fail half-way.
+    """
+
+    def __init__(self, collate: Optional[Callable[[Any], dict[str, Any]]] = None) -> None:
+        self.collate = collate
+
+    def __call__(self, items: Any) -> dict[str, Any]:
+        batch = self.collate(items) if self.collate is not None else items
+        return as_arrays(batch) if get_worker_info() is not None else batch
+
+
+def as_arrays(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its tensors (also in nested batches, such as ``text_only``) as numpy arrays, sharing memory."""
+    return {key: value.numpy() if isinstance(value, torch.Tensor) else as_arrays(value) if isinstance(value, dict)
+            else value for key, value in batch.items()}  # fmt: skip
+
+
+def as_tensors(batch: Any) -> Any:
+    """Undoes ``as_arrays``: numpy arrays become tensors again, sharing memory; anything but a dict stays as it is."""
+    if not isinstance(batch, dict):
+        return batch
+    return {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else as_tensors(value)
+            for key, value in batch.items()}  # fmt: skip
+
+
 MAX_PADDING_SHARE = 0.05
 """A predict batch ends early rather than let padding exceed this share of its tokens. Measured on 300 real posts
 with the full-size model (onnxruntime, 2 cores): batches of 64 by count padded 16 % of their tokens and labelled
@@ -187,7 +222,8 @@ class SortedPostBatches(IterableDataset):
     """Posts to label, streamed from the file a window at a time: each window of ``window`` posts is tokenized in
     one call and cut into batches of similar length, shortest first (at most ``batch_size`` posts, at most 5 %
     padding: ``padding_bounded_batches``), so no post pays for padding to a much longer one. Every batch carries
-    its posts' positions in the input (``positions``) and whether it ends its window (``window_end``), so the writer
+    its posts' positions in the input (``positions``), which of its classified posts were longer than the model reads
+    (``truncated``), and whether it ends its window (``window_end``), so the writer
     can put the rows back in input order a window at a time. Memory stays constant whatever the input's size.
 
     Posts with no text (empty or only spaces) cannot be classified: they keep their place in ``posts`` but only
@@ -217,12 +253,20 @@ class SortedPostBatches(IterableDataset):
             if number % self.world_size == self.rank:
                 yield from self.window_batches(window, first_position=number * self.window)
 
+    def posts_of_this_rank(self, total: int) -> int:
+        """How many of an input's ``total`` posts this rank labels: those of its windows (see ``__iter__``)."""
+        starts = range(self.rank * self.window, total, self.world_size * self.window)
+        return sum(min(self.window, total - start) for start in starts)
+
     def window_batches(self, posts: list[Post], first_position: int = 0) -> Iterator[dict[str, Any]]:
         """One window's batches, shortest posts first."""
         classified = [index for index, post in enumerate(posts) if post.text.strip()]
         input_ids: list[list[int]] = [[] for _ in posts]
-        for index, ids in zip(classified, self.tokenize([posts[i].text for i in classified]) if classified else []):
-            input_ids[index] = ids
+        truncated = [False] * len(posts)
+        if classified:
+            ids, cut = self.tokenize.marking_truncated([posts[i].text for i in classified])
+            for index, post_ids, post_cut in zip(classified, ids, cut):
+                input_ids[index], truncated[index] = post_ids, post_cut
         order = sorted(range(len(posts)), key=lambda index: len(input_ids[index]))
         groups = padding_bounded_batches(order, [len(ids) for ids in input_ids], self.batch_size)
         for number, members in enumerate(groups):
@@ -230,9 +274,16 @@ class SortedPostBatches(IterableDataset):
             batch: dict[str, Any] = pad_to_longest([input_ids[members[row]] for row in rows] or [[self.pad_token_id]],
                                                    self.pad_token_id)  # fmt: skip
             batch["classified"] = torch.tensor(rows, dtype=torch.long)
+            batch["truncated"] = [truncated[members[row]] for row in rows]  # of the classified posts, in their order
             batch["posts"] = [posts[i] for i in members]
             batch["positions"] = [first_position + i for i in members]
             batch["window_end"] = number == len(groups) - 1
             yield batch
 
 
+def truncated_posts(batch: dict[str, Any]) -> list[bool]:
+    """For each post of a predict batch (``batch["posts"]``), whether it was longer than the model reads."""
+    flags = [False] * len(batch["posts"])
+    for row, cut in zip(batch["classified"].tolist(), batch["truncated"]):
+        flags[row] = cut
+    return flags

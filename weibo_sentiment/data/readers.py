@@ -82,10 +82,24 @@ class PostReader:
             raise UserError(f"{self.path}: labelled data needs a CSV, TSV or JSONL file with a {label_column!r} column")
 
     def __iter__(self) -> Iterator[Post]:
+        with self._reading() as records:
+            for record, line_no in records:
+                yield self._as_post(record, line_no)
+
+    def count(self) -> Optional[int]:
+        """How many posts iterating yields, in a quick pass that splits the file into records as iterating does
+        (blank lines, quoted line breaks) but checks none of them; ``None`` for standard input, read only once."""
+        if self.path == STDIN:
+            return None
+        with self._reading() as records:
+            return sum(1 for _ in records)
+
+    @contextmanager
+    def _reading(self) -> Iterator[Iterator[tuple[Any, int]]]:
+        """The records of the file as read (``_split``), with encoding and CSV errors said in one line."""
         with self._open() as stream:
-            records = self._records(stream)
             try:
-                yield from records
+                yield self._split(stream)
             except UnicodeDecodeError as err:
                 raise UserError(f"{self.path}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
             except csv.Error as err:
@@ -107,17 +121,19 @@ class PostReader:
         with stream:
             yield stream
 
-    def _records(self, stream: io.TextIOBase) -> Iterator[Post]:
+    def _split(self, stream: io.TextIOBase) -> Iterator[tuple[Any, int]]:
+        """Each record, not yet checked, with its line number: a text line (blank ones are not posts), a JSON line,
+        or a CSV/TSV row as a dict (after the header is checked)."""
         if self.fmt == "txt":
-            for line in stream:
+            for line_no, line in enumerate(stream, start=1):
                 text = line.rstrip("\r\n")
                 if text.strip():
-                    yield Post(text)
+                    yield text, line_no
             return
         if self.fmt == "jsonl":
             for line_no, line in enumerate(stream, start=1):
                 if line.strip():
-                    yield self._post(self._json_object(line, line_no), line_no)
+                    yield line, line_no
             return
         reader = csv.DictReader(stream, delimiter=DELIMITER[self.fmt])
         if reader.fieldnames is None:
@@ -130,7 +146,12 @@ class PostReader:
                     "rename it or set the column name in the data config"
                 )
         for row in reader:
-            yield self._post(row, reader.line_num)
+            yield row, reader.line_num
+
+    def _as_post(self, record: Any, line_no: int) -> Post:
+        if self.fmt == "txt":
+            return Post(record)
+        return self._post(self._json_object(record, line_no) if self.fmt == "jsonl" else record, line_no)
 
     def _json_object(self, line: str, line_no: int) -> dict[str, Any]:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -70,13 +71,26 @@ class Tokenize:
         self.max_length = max_length
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
-        encoded = self.tokenizer(
+        return self._encode(texts)["input_ids"]
+
+    def marking_truncated(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """The token ids, and whether each text was longer than ``max_length`` tokens (read only up to there)."""
+        encoded = self._encode(texts)
+        ids = encoded["input_ids"]
+        if encoded.encodings is not None:  # a fast (Rust) tokenizer keeps what truncation cut off, in one pass
+            return ids, [bool(encoding.overflowing) for encoding in encoded.encodings]
+        at_limit = [i for i, row in enumerate(ids) if len(row) >= self.max_length]  # only these can have been cut
+        full = self.tokenizer([texts[i] for i in at_limit], return_token_type_ids=False, return_attention_mask=False)
+        cut = {i for i, row in zip(at_limit, full["input_ids"]) if len(row) > self.max_length}
+        return ids, [i in cut for i in range(len(ids))]
+
+    def _encode(self, texts: list[str]) -> Any:
+        return self.tokenizer(
             texts,
             truncation=True,
             max_length=self.max_length,
             return_token_type_ids=False,
             return_attention_mask=False,
         )
-        return encoded["input_ids"]
 
 

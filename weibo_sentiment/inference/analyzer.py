@@ -115,7 +115,7 @@ class SentimentAnalyzer:
 
         from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
         from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
-        from weibo_sentiment.engine import engine_for_source
+        from weibo_sentiment.inference.engine import engine_for_source
 
         engine = engine_for_source(source, runtime, quantize, precision, torch.device(device))
         tokenize = Tokenize(load_tokenizer(source.tokenizer), source.max_length)
@@ -131,9 +131,9 @@ class SentimentAnalyzer:
         count, answers put back in input order), so a short post never pays for padding to a long one."""
         import torch
 
-        from weibo_sentiment.data.batching import SortedPostBatches
+        from weibo_sentiment.data.batching import SortedPostBatches, truncated_posts
         from weibo_sentiment.data.readers import Post
-        from weibo_sentiment.outputs import prediction_rows
+        from weibo_sentiment.inference.outputs import prediction_rows
 
         texts = list(texts)
         if not all(isinstance(text, str) for text in texts):
@@ -144,16 +144,13 @@ class SentimentAnalyzer:
         batches = SortedPostBatches([], self.tokenize, self.tokenize.tokenizer.pad_token_id, self.batch_size,
                                     max(len(texts), 1))  # fmt: skip
         for batch in batches.window_batches(posts):
-            if not len(batch["classified"]):
-                continue
-            positions = torch.as_tensor(batch["positions"])[batch["classified"]]
-            probabilities[positions] = self.engine(torch.as_tensor(batch["input_ids"]),
-                                                   torch.as_tensor(batch["attention_mask"])).cpu()  # fmt: skip
-            for position, cut in zip(positions.tolist(), batch.get("truncated", [False] * len(positions))):
+            for position, cut in zip(batch["positions"], truncated_posts(batch)):
                 truncated[position] = cut
-        rows = prediction_rows(posts, probabilities, "text", self.emoticons)
-        return [SentimentRow(row["label"], row["sentiment"], row["confidence"], row["prob_positive"], row["emoticons"],
-                             cut) for row, cut in zip(rows, truncated)]  # fmt: skip
+            if len(batch["classified"]):
+                positions = torch.as_tensor(batch["positions"])[batch["classified"]]
+                probabilities[positions] = self.engine(batch["input_ids"], batch["attention_mask"]).cpu()
+        rows = prediction_rows(posts, probabilities, "text", self.emoticons, truncated=truncated)
+        return [SentimentRow(**{key: row[key] for key in SentimentRow.__dataclass_fields__}) for row in rows]
 
     def close(self) -> None:
         """Give back the engine (its onnxruntime session, or the merged torch weights)."""

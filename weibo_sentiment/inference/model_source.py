@@ -158,7 +158,7 @@ def resolve_model_source(
     if ckpt_path and adapter_path:
         raise UserError("give a checkpoint (--ckpt_path) or an adapter (--model.adapter_path), not both")
     if ckpt_path:
-        from weibo_sentiment.backbone import read_checkpoint
+        from weibo_sentiment.inference.backbone import read_checkpoint
 
         path = locate_checkpoint(ckpt_path, root_dir, checkpoint_dir)
         checkpoint = read_checkpoint(path)

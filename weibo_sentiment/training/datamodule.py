@@ -11,13 +11,19 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from weibo_sentiment.data.batching import LengthGroupedBatches, PadLabelled, SortedPostBatches, TokenizedPosts
+from weibo_sentiment.data.batching import (
+    CrossesAsArrays,
+    LengthGroupedBatches,
+    PadLabelled,
+    SortedPostBatches,
+    TokenizedPosts,
+    as_tensors,
+)
 from weibo_sentiment.data.readers import STDIN, Post, PostReader, read_labelled, stratified_split
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import DataSettings
-from weibo_sentiment.stopping import quiet_handoffs_to_a_stopped_reader
 
 
 class WeiboDataModule(LightningDataModule):
@@ -125,7 +131,7 @@ class WeiboDataModule(LightningDataModule):
             batch_size=self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=PadLabelled(self.tokenizer.pad_token_id),
+            collate_fn=CrossesAsArrays(PadLabelled(self.tokenizer.pad_token_id)),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -145,7 +151,7 @@ class WeiboDataModule(LightningDataModule):
             train,
             batch_sampler=batches,
             num_workers=self.num_workers,
-            collate_fn=PadLabelled(self.tokenizer.pad_token_id),
+            collate_fn=CrossesAsArrays(PadLabelled(self.tokenizer.pad_token_id)),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -171,12 +177,24 @@ class WeiboDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
+    def _predict_batches(self) -> SortedPostBatches:
         rank, world_size = self._rank_and_world()
-        dataset = SortedPostBatches(self.datasets["predict"], self.tokenize, self.tokenizer.pad_token_id,
-                                    self.eval_batch_size, self.predict_window, rank, world_size)  # fmt: skip
+        return SortedPostBatches(self.datasets["predict"], self.tokenize, self.tokenizer.pad_token_id,
+                                 self.eval_batch_size, self.predict_window, rank, world_size)  # fmt: skip
+
+    def predict_dataloader(self) -> DataLoader:
         # One background process reads and tokenizes while the model works (one keeps the windows in order);
         # standard input stays in this process, which owns it.
         from_stdin = self.predict_path == STDIN
-        return DataLoader(dataset, batch_size=None, num_workers=0 if from_stdin else 1,
-                          worker_init_fn=quiet_handoffs_to_a_stopped_reader)  # fmt: skip
+        return DataLoader(self._predict_batches(), batch_size=None, num_workers=0 if from_stdin else 1,
+                          collate_fn=CrossesAsArrays())  # fmt: skip
+
+    def predict_posts_of_this_process(self) -> Optional[int]:
+        """How many posts this process labels (its share under several), counted in the input before labelling;
+        ``None`` when the posts come from standard input, which cannot be read twice."""
+        total = self.datasets["predict"].count()
+        return None if total is None else self._predict_batches().posts_of_this_rank(total)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Batches from worker processes hold numpy arrays where they held tensors (see CrossesAsArrays).
+        return as_tensors(batch)

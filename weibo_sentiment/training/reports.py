@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
-from weibo_sentiment.outputs import EMPTY, SENTIMENTS, PredictionSummary  # noqa: E402
+from weibo_sentiment.inference.outputs import EMPTY, SENTIMENTS, PredictionSummary  # noqa: E402
 
 
 class EvaluationReport(Callback):

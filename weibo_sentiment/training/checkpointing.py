@@ -16,6 +16,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from weibo_sentiment.atomic_files import staged_directory, staging_file
+from weibo_sentiment.compat import (
+    save_last_checkpoint,
+    saves_after_training_epochs,
+    skips_saving_now,
+    without_recording_the_step,
+)
 from weibo_sentiment.stopping import STOP, Interrupted
 
 
@@ -77,20 +83,19 @@ class AdapterCheckpoint(ModelCheckpoint):
     # a run whose score stops improving would resume from its best epoch, not its last. Write it after every
     # validation (or training epoch, whichever Lightning checkpoints on), as `save_last` promises.
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best_before = self.best_model_path
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_after_training_epochs(self, trainer):
             self._save_last_if_stale(trainer)
+        self._export_a_new_best(trainer, best_before)
         STOP.finish_step = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self.last_every_n_train_steps
-        if every and trainer.global_step % every == 0 and self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            # A save records its step, and ModelCheckpoint skips any later save at that step; this one must not
-            # keep a validation at the same step from choosing the best checkpoint.
-            saved_step = self._last_global_step_saved
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_global_step_saved = saved_step
+        if every and trainer.global_step % every == 0 and self.save_last and not skips_saving_now(self, trainer):
+            with without_recording_the_step(self):
+                save_last_checkpoint(self, trainer)
         self._stop_if_asked(trainer)
 
     def _stop_if_asked(self, trainer: pl.Trainer) -> None:
@@ -104,7 +109,7 @@ class AdapterCheckpoint(ModelCheckpoint):
         STOP.signum = STOP.signum or signal.SIGTERM  # a process told by another stops as if signalled itself
         self._stopped_after_step = True
         if self.save_last:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            save_last_checkpoint(self, trainer)
             rank_zero_info(f"Stopped by {signal.Signals(STOP.signum).name} after step {trainer.global_step}: wrote "
                            f"{self.last_model_path}; continue with the same command and --ckpt_path last")  # fmt: skip
         raise Interrupted(STOP.signum)
@@ -123,23 +128,24 @@ class AdapterCheckpoint(ModelCheckpoint):
                                "(without --ckpt_path) to start over")  # fmt: skip
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        best_before = self.best_model_path
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_after_training_epochs(self, trainer):
             self._save_last_if_stale(trainer)
+        self._export_a_new_best(trainer, best_before)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         STOP.finish_step = False
         super().on_train_end(trainer, pl_module)
 
     def _save_last_if_stale(self, trainer: pl.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not skips_saving_now(self, trainer):
+            save_last_checkpoint(self, trainer)
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        # ModelCheckpoint funnels every save (top-k, last, on exception) through here; a new best has just been
-        # recorded in best_model_path when the file being saved is that one, and the module holds its weights.
-        super()._save_checkpoint(trainer, filepath)
-        if filepath == self.best_model_path and trainer.is_global_zero:
+    def _export_a_new_best(self, trainer: pl.Trainer, best_before: str) -> None:
+        """A new best checkpoint was just saved (best_model_path changed) from the weights the module holds now:
+        export them as the run's adapter too."""
+        if self.best_model_path and self.best_model_path != best_before and trainer.is_global_zero:
             export_adapter(trainer.lightning_module.model, self.adapter_dir)
 
 

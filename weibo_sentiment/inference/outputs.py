@@ -26,21 +26,30 @@ OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 def prediction_columns(text_column: str, with_id: bool) -> list[str]:
     """The columns of a prediction row, in order."""
-    return (["id"] if with_id else []) + [text_column, "label", "sentiment", "confidence", "prob_positive", "emoticons"]
+    return (["id"] if with_id else []) + [text_column, "label", "sentiment", "confidence", "prob_positive", "emoticons",
+                                          "truncated"]  # fmt: skip
 
 
 def prediction_rows(
-    posts: list[Post], probabilities: torch.Tensor, text_column: str, emoticons: EmoticonTags, with_id: bool = False
+    posts: list[Post],
+    probabilities: torch.Tensor,
+    text_column: str,
+    emoticons: EmoticonTags,
+    with_id: bool = False,
+    truncated: Optional[list[bool]] = None,
 ) -> list[dict[str, Any]]:
-    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons.
+    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons, truncated.
 
-    ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them.
+    ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them;
+    ``truncated`` says the post was longer than the model reads (``max_length`` tokens) and was read up to there.
     A post that was not classified (NaN probabilities: it has no text) keeps its row, marked ``sentiment``
     ``empty`` with no label, confidence or probability, so the rows after it never shift.
     """
     confidence, labels = probabilities.max(dim=-1)
+    truncated = truncated or [False] * len(posts)
     rows = []
-    for post, label, conf, probs in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist()):
+    for post, label, conf, probs, cut in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist(),
+                                             truncated):  # fmt: skip
         row: dict[str, Any] = {"id": post.id} if with_id else {}
         row[text_column] = post.text
         if math.isnan(probs[0]):
@@ -55,6 +64,7 @@ def prediction_rows(
                 }
             )
         row["emoticons"] = "".join(emoticons.find(post.text))
+        row["truncated"] = cut
         rows.append(row)
     return rows
 
@@ -134,10 +144,11 @@ class PredictionSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """The counts as the API answers them: posts, each sentiment's count and share of the classified posts, posts
-        without text, mean confidence."""
-        shares = {f"{name}_share": round(self.counts[name] / self.classified, 6) for name in self.sentiments()}
-        return {"count": self.posts, **{name: self.counts[name] for name in (*SENTIMENTS, *self.sentiments())},
-                EMPTY: self.counts[EMPTY], **shares,
+        without text, mean confidence (shares and mean are ``None`` when no post was classified)."""
+        names = list(dict.fromkeys([*SENTIMENTS, *self.sentiments()]))
+        share = (lambda n: round(n / self.classified, 6)) if self.classified else (lambda n: None)
+        return {"count": self.posts, **{name: self.counts[name] for name in names}, EMPTY: self.counts[EMPTY],
+                **{f"{name}_share": share(self.counts[name]) for name in names},
                 "mean_confidence": round(self.mean_confidence, 6) if self.classified else None}  # fmt: skip
 
     def line(self) -> str:

@@ -18,10 +18,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from weibo_sentiment.atomic_files import staging_file
+from weibo_sentiment.data.batching import truncated_posts
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.outputs import OUTPUT_FORMATS, PredictionSummary, RowFile, prediction_columns, prediction_rows
-from weibo_sentiment.reports import log_prediction_summary
+from weibo_sentiment.inference.outputs import OUTPUT_FORMATS, PredictionSummary, RowFile, prediction_columns, prediction_rows
+from weibo_sentiment.training.reports import log_prediction_summary
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -100,7 +101,8 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons, self.with_id)
+        rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons, self.with_id,
+                               truncated_posts(batch))  # fmt: skip
         self._window += zip(batch["positions"], rows)
         if batch["window_end"]:
             self._flush_window()

@@ -344,7 +344,7 @@ def model_settings(source: ModelSource, **changes: Any) -> ModelSettings:
 
 def load_trained_model(source: ModelSource) -> Any:
     """The peft model of a checkpoint or adapter source, its trained tensors loaded and checked."""
-    from weibo_sentiment.backbone import build_peft_model, load_trained_tensors, read_checkpoint
+    from weibo_sentiment.inference.backbone import build_peft_model, load_trained_tensors, read_checkpoint
 
     peft_model = build_peft_model(model_settings(source))
     if source.kind == "checkpoint":

@@ -2,7 +2,7 @@
 
 Checkpoints hold only the trainable tensors (the LoRA matrices and the classification head) plus the training
 state; the frozen backbone is loaded from ``model_name_or_path`` each time ("resume from a partial checkpoint").
-Prediction labels through the inference engine (``weibo_sentiment.engine``), as the API and the console do.
+Prediction labels through the inference engine (``weibo_sentiment.inference.engine``), as the API and the console do.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import asdict
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -25,11 +26,11 @@ from torchmetrics.classification import (
 )
 from transformers import get_linear_schedule_with_warmup
 
-from weibo_sentiment.backbone import build_peft_model, check_trainable_tensors
-from weibo_sentiment.engine import Engine, engine_for
+from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors
+from weibo_sentiment.inference.engine import Engine, engine_for
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.settings import ModelSettings
+from weibo_sentiment.settings import DEFAULT_TARGET_MODULES, ModelSettings
 
 
 def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -44,12 +45,26 @@ def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
 class SentimentClassifier(LightningModule):
     """Sentiment of Weibo posts: a sequence-classification backbone with LoRA, scored by accuracy and macro-F1."""
 
-    def __init__(self, **settings: Any) -> None:
-        """
-        Args:
-            **settings: the ``model:`` section, ``weibo_sentiment.settings.ModelSettings`` (its fields are this
-                class's arguments: ``model_name_or_path``, ``lora_r``, ``runtime``, ...).
-        """
+    def __init__(
+        self,
+        model_name_or_path: str = ModelSettings.model_name_or_path,
+        adapter_path: Optional[str] = None,
+        num_labels: int = ModelSettings.num_labels,
+        lora_r: int = ModelSettings.lora_r,
+        lora_alpha: int = ModelSettings.lora_alpha,
+        lora_dropout: float = ModelSettings.lora_dropout,
+        target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+        learning_rate: float = ModelSettings.learning_rate,
+        adam_epsilon: float = ModelSettings.adam_epsilon,
+        weight_decay: float = ModelSettings.weight_decay,
+        warmup_ratio: float = ModelSettings.warmup_ratio,
+        runtime: Optional[Literal["torch", "onnxruntime"]] = None,
+        quantize: Optional[Literal["int8"]] = None,
+        view_consistency: float = ModelSettings.view_consistency,
+    ) -> None:
+        """The ``model:`` section of a config; each argument is described (and checked) in
+        :class:`weibo_sentiment.settings.ModelSettings`, which the API, the console and the export read too."""
+        settings = {name: value for name, value in locals().items() if name in ModelSettings.__dataclass_fields__}
         super().__init__()
         self.settings = ModelSettings(**settings)
         self.save_hyperparameters(asdict(self.settings))

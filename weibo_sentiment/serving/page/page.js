@@ -13,6 +13,7 @@ const settings = {
 const KEY_STORAGE = "weibo-sentiment-api-key";
 const $ = (id) => document.getElementById(id);
 let rows = []; // one per post, in input order: {position, id, text, label, sentiment, confidence, prob_positive, ...}
+let summary = {}; // the server's summaries of this analysis's requests, added up (addSummaries)
 
 class PageError extends Error {}
 
@@ -103,7 +104,16 @@ async function label(texts) {
     throw new PageError(`The server refused the request (HTTP ${response.status})${detail}.`);
   }
   if (apiKey()) sessionStorage.setItem(KEY_STORAGE, apiKey());
-  return body.results;
+  return body;
+}
+
+// The server's summary of each request (summarize() of the Python API), added up over the requests: the page counts
+// nothing itself but the posts without text, which it never sends.
+function addSummaries(total, summary) {
+  for (const [key, value] of Object.entries(summary)) {
+    if (Number.isInteger(value) && !key.endsWith("_share")) total[key] = (total[key] || 0) + value;
+  }
+  return total;
 }
 
 async function analyse() {
@@ -119,6 +129,7 @@ async function analyse() {
     const posts = file ? await postsFromFile(file) : postsFromText($("posts").value);
     if (!posts.length) throw new PageError("Nothing to analyse: paste posts (one per line) or choose a file.");
     button.disabled = true;
+    summary = {};
     rows = posts.map((post, position) => ({ position, id: post.id, text: post.text, truncated: post.text.length > settings.maxChars }));
     const labelled = rows.filter((row) => row.text.trim());
     const progress = $("progress");
@@ -128,8 +139,9 @@ async function analyse() {
     for (let start = 0; start < labelled.length; start += settings.maxTexts) {
       const chunk = labelled.slice(start, start + settings.maxTexts);
       // The model reads its first 128 tokens: cutting a longer post to max_chars changes nothing it reads.
-      const results = await label(chunk.map((row) => row.text.slice(0, settings.maxChars)));
+      const { results, summary: chunkSummary } = await label(chunk.map((row) => row.text.slice(0, settings.maxChars)));
       chunk.forEach((row, i) => Object.assign(row, results[i], { truncated: row.truncated || results[i].truncated }));
+      addSummaries(summary, chunkSummary);
       progress.value = Math.min(start + chunk.length, labelled.length);
       $("status").textContent = `${progress.value} of ${labelled.length} posts labelled`;
     }
@@ -153,8 +165,7 @@ function render() {
 }
 
 function renderSummary() {
-  const positive = rows.filter((r) => r.label === 1).length;
-  const negative = rows.filter((r) => r.label === 0).length;
+  const positive = summary.positive || 0, negative = summary.negative || 0;
   const empty = rows.length - positive - negative;
   const counts = document.querySelector("#summary .counts");
   Object.assign(counts.dataset, { positive, negative, empty, total: rows.length });
