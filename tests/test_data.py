@@ -170,7 +170,8 @@ def test_batches_are_padded_to_their_longest_post_without_token_type_ids(tiny_gp
     predict = SortedPostBatches([], tokenize, tokenizer.pad_token_id, batch_size=2, window=8)
     same_length = [Post("好"), Post("坏")]
     (predict_batch,) = predict.window_batches(same_length)
-    assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified", "positions", "window_end"}
+    assert set(predict_batch) == {"input_ids", "attention_mask", "posts", "classified", "positions", "truncated",
+                                 "window_end"}
     assert predict_batch["input_ids"].tolist() == tokenize([post.text for post in same_length])
     # Posts of very different lengths are not padded to each other: each goes in its own batch, shortest first.
     short, long = predict.window_batches(posts[:2])

@@ -127,6 +127,19 @@ class DataSettings:
     tokenizer_name_or_path: str = DEFAULT_BACKBONE
     num_labels: int = 2
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.emoticon_dropout <= 1.0:
+            raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {self.emoticon_dropout}")
+        if self.emoticon_views == 2 and self.emoticon_dropout > 0:
+            raise UserError("data.emoticon_views 2 trains on every post with and without its tags already: set "
+                            "data.emoticon_dropout to 0, or emoticon_views to 1")  # fmt: skip
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction is the share of train_path held out, from 0 to below 1; got "
+                            f"{self.val_fraction}")  # fmt: skip
+        for name in ("max_length", "batch_size", "eval_batch_size", "predict_window"):
+            if getattr(self, name) < 1:
+                raise UserError(f"data.{name} must be at least 1; got {getattr(self, name)}")
+
 
 @dataclass
 class ServeSettings:

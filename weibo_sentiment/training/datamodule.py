@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -33,12 +33,32 @@ class WeiboDataModule(LightningDataModule):
     for the same ``split_seed`` (so ``validate`` on a checkpoint sees the posts its ``fit`` held out).
     """
 
-    def __init__(self, **settings: Any) -> None:
-        """
-        Args:
-            **settings: the ``data:`` section, ``weibo_sentiment.settings.DataSettings`` (its fields are this class's
-                arguments: ``train_path``, ``batch_size``, ``max_length``, ...).
-        """
+    def __init__(
+        self,
+        train_path: Optional[str] = None,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        predict_path: Optional[str] = None,
+        predict_format: Optional[str] = None,
+        text_column: str = DataSettings.text_column,
+        label_column: str = DataSettings.label_column,
+        id_column: Optional[str] = DataSettings.id_column,
+        val_fraction: float = DataSettings.val_fraction,
+        split_seed: int = DataSettings.split_seed,
+        max_length: int = DataSettings.max_length,
+        emoticon_pattern: str = DataSettings.emoticon_pattern,
+        emoticon_dropout: float = DataSettings.emoticon_dropout,
+        emoticon_views: Literal[1, 2] = DataSettings.emoticon_views,
+        batch_size: int = DataSettings.batch_size,
+        eval_batch_size: int = DataSettings.eval_batch_size,
+        predict_window: int = DataSettings.predict_window,
+        num_workers: int = DataSettings.num_workers,
+        tokenizer_name_or_path: str = DataSettings.tokenizer_name_or_path,
+        num_labels: int = DataSettings.num_labels,
+    ) -> None:
+        """The ``data:`` section of a config; each argument is described (and checked) in
+        :class:`weibo_sentiment.settings.DataSettings`, which the API, the console and the export read too."""
+        settings = {name: value for name, value in locals().items() if name in DataSettings.__dataclass_fields__}
         super().__init__()
         s = self.settings = DataSettings(**settings)
         self.save_hyperparameters(asdict(s))
@@ -49,12 +69,7 @@ class WeiboDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = s.batch_size, s.eval_batch_size, s.num_workers
         self.predict_window = s.predict_window
         self.tokenizer_name_or_path, self.num_labels = s.tokenizer_name_or_path, s.num_labels
-        if not 0.0 <= s.emoticon_dropout <= 1.0:
-            raise UserError(f"data.emoticon_dropout is a probability, between 0 and 1; got {s.emoticon_dropout}")
         self.emoticon_dropout = s.emoticon_dropout
-        if s.emoticon_views == 2 and s.emoticon_dropout > 0:
-            raise UserError("data.emoticon_views 2 trains on every post with and without its tags already: set "
-                            "data.emoticon_dropout to 0, or emoticon_views to 1")  # fmt: skip
         self.emoticon_views = s.emoticon_views
         self.emoticons = EmoticonTags(s.emoticon_pattern)
         self.datasets: dict[str, Dataset] = {}
