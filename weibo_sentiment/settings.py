@@ -156,7 +156,7 @@ class ServeSettings:
         max_body_bytes: request bodies larger than this are answered 413 before they are read; default: what
             max_texts texts of max_chars characters take as JSON (6 bytes a character at most).
         request_timeout: seconds a request may wait for its answer before it gets 504 (raise it when requests of many
-            texts queue behind each other on a slow model).
+            texts queue behind each other on a slow model); also how long its body may take to arrive (else 408).
         drain_seconds: on SIGTERM or Ctrl-C, how long requests in flight may take to finish before the workers stop.
         api_key: the key every request must carry (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); default:
             the environment variable WEIBO_SENTIMENT_API_KEY. Required when host is not a loopback address.
