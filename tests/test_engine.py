@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from test_model import randomize_trainable, sample_batch
-from weibo_sentiment import engine as engine_module
+from weibo_sentiment.inference import engine as engine_module
 from weibo_sentiment.inference.engine import InferenceMode, choose_mode, model_fingerprint
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.training.model import SentimentClassifier
