@@ -268,7 +268,7 @@ def test_prediction_columns_are_fixed_whatever_the_posts(trained: dict, tiny_gpt
                       str(source), "--predict_writer.output_path", str(out)))  # fmt: skip
     assert [(r["id"], r["review"]) for r in read_predictions(tmp_path / "mixed.csv")] == [("", "好开心[哈哈]"),
                                                                                         ("7", "难过[泪]")]  # fmt: skip
-    columns = "id,review,label,sentiment,confidence,prob_positive,emoticons"
+    columns = "id,review,label,sentiment,confidence,prob_positive,emoticons,truncated"
     assert (tmp_path / "none.csv").read_text(encoding="utf-8").splitlines() == [columns]
 
 
