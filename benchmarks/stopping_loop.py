@@ -26,7 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_ENV = "STOPPING_LOOP_RESULTS"  # where the plugin, inside pytest, appends one JSON line per run
-RUN_SUFFIX = re.compile(r"-?run-\d+(?=\]$)")
+RUN_SUFFIX = re.compile(r"\[run-\d+\]$|-run-\d+(?=\]$)")  # test[run-3] -> test, test[2-run-3] -> test[2]
 
 
 # ---- the plugin, loaded into pytest with -p stopping_loop ---------------------------------------------------------
@@ -49,8 +49,7 @@ def pytest_runtest_makereport(item: Any, call: Any) -> None:
     stderr = [path.read_text(encoding="utf-8", errors="replace") for path in sorted(Path(tmp_path).rglob("stderr.txt"))] \
         if tmp_path is not None else []  # fmt: skip
     traceback = next((found for found in map(first_traceback, stderr) if found), "")
-    name = item.nodeid.split("::", 1)[1]
-    record = {"case": RUN_SUFFIX.sub("", name), "run": name, "when": call.when,
+    record = {"run": item.nodeid.split("::", 1)[1], "when": call.when,
               "failed": call.excinfo is not None, "traceback": traceback, "seconds": round(call.duration, 2),
               "error": "" if call.excinfo is None else call.excinfo.exconly()[:300]}  # fmt: skip
     with open(os.environ[RESULTS_ENV], "a", encoding="utf-8") as results:
@@ -64,7 +63,8 @@ def summarise(records: list[dict[str, Any]]) -> str:
     runs, failed, tracebacks = defaultdict(set), defaultdict(set), defaultdict(set)
     seconds, seen_tracebacks = defaultdict(list), defaultdict(Counter)
     for record in records:
-        case, run = record["case"], record["run"]
+        run = record["run"]
+        case = RUN_SUFFIX.sub("", run)
         runs[case].add(run)
         if record["when"] == "call":
             seconds[case].append(record["seconds"])
@@ -90,8 +90,12 @@ def main() -> None:
     parser.add_argument("-k", dest="keyword", default="", help="pytest -k expression choosing the cases")
     parser.add_argument("--results", type=Path, default=None,
                         help="JSON lines of every run (default: a new file in /tmp); an existing file is added to")  # fmt: skip
+    parser.add_argument("--summary-only", action="store_true", help="summarise --results, run nothing")
     args = parser.parse_args()
     results = args.results or Path(f"/tmp/stopping_loop.{os.getpid()}.jsonl")
+    if args.summary_only:
+        print(summarise([json.loads(line) for line in results.read_text(encoding="utf-8").splitlines()]))
+        return
     env = {**os.environ, RESULTS_ENV: str(results.resolve()),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "benchmarks"), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     command = [sys.executable, "-m", "pytest", "tests/test_stopping.py", "--repeat", str(args.repeat), "-p",
