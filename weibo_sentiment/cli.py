@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from weibo_sentiment.inference.backbone import read_checkpoint
 from weibo_sentiment.training.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
 from weibo_sentiment.config import link_data_to_model
+from weibo_sentiment.data.database import hide_password
 from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
@@ -117,6 +118,7 @@ class SentimentCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
+            self._hide_passwords(subcommand)
             self._read_posts_as_exported(subcommand)
         if not subcommand or not self.config[subcommand].get("ckpt_path"):
             return
@@ -132,6 +134,14 @@ class SentimentCLI(LightningCLI):
         if architecture:
             self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
         self.config[subcommand].ckpt_path = None
+
+    def _hide_passwords(self, subcommand: str) -> None:
+        """A database URL's password stays in this process (``database.hide_password``): the config that is saved
+        (``config.yaml``, the hyper-parameters) and every line shown hold ``***`` in its place."""
+        config = self.config[subcommand]
+        config.data.predict_path = hide_password(config.data.predict_path)
+        if config.get("predict_writer") is not None:
+            config.predict_writer.output_path = hide_password(config.predict_writer.output_path)
 
     def _read_posts_as_exported(self, subcommand: str) -> None:
         """An exported model reads posts to the length it was exported for (its manifest's ``max_length``), as the

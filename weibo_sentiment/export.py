@@ -22,7 +22,7 @@ from typing import Any, Literal
 from weibo_sentiment.atomic_files import staged_directory
 from weibo_sentiment.config import inference_mode, inference_parser, source_from_config
 from weibo_sentiment.data.tokenizer import load_tokenizer
-from weibo_sentiment.inference.engine import FP32_FILE, INT8_FILE, export_onnx, load_trained_model
+from weibo_sentiment.inference.engine import FP32_FILE, INT8_FILE, export_onnx, load_trained_model, trained_model_id
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference.model_source import MANIFEST, ModelSource, is_exported
 from weibo_sentiment.stopping import exit_when_stopped
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                     tokenizer.save_pretrained(str(staging))
                     manifest = {
                         "format": 1,
+                        "model_id": trained_model_id(peft_model),
                         "num_labels": source.num_labels,
                         "labels": list(source.labels),
                         "files": files,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from weibo_sentiment.data.database import is_database_url
 from weibo_sentiment.emoticons import DEFAULT_PATTERN
 from weibo_sentiment.errors import UserError
 
@@ -80,11 +81,23 @@ class DataSettings:
         train_path: labelled training posts (header ``label,review`` by default).
         val_path: labelled validation posts; default: a stratified split of ``train_path``.
         test_path: labelled posts for ``test``.
-        predict_path: posts to label for ``predict``: CSV/TSV/JSONL/TXT, or ``-`` for standard input.
-        predict_format: ``csv``, ``tsv``, ``jsonl`` or ``txt`` when the suffix does not tell (default: by suffix).
-        text_column: the column (or JSON field) holding the post.
+        predict_path: posts to label for ``predict``: a CSV/TSV/JSONL/JSON/TXT file, ``-`` for standard input, or a
+            database URL (``sqlite:///crawl.db``, ``postgresql+psycopg://user@host:5432/db``,
+            ``mysql+pymysql://user@host:3306/db``; a password left out is taken from DB_PASSWORD).
+        predict_format: ``csv``, ``tsv``, ``jsonl``, ``json`` (one array of objects) or ``txt`` when the suffix does
+            not tell (default: by suffix).
+        table: with a database ``predict_path``: the table holding the posts (e.g. ``weibo_note``).
+        query: with a database ``predict_path``, instead of ``table``: a SELECT giving the posts (its ``id_column``
+            must be unique: rows are read in its order).
+        text_column: the column (or JSON field) holding the post (MindSpider/MediaCrawler: ``content``).
         label_column: the column holding the label (1 = positive, 0 = negative).
-        id_column: a column copied to the predictions so they can be joined back, if the file has it.
+        id_column: a column copied to the predictions so they can be joined back, if the file has it; for a
+            database, the id recorded in the labels table (``note_id``, ``comment_id``; default: the table's
+            primary key).
+        keep_columns: more input columns carried into each prediction row (e.g. ``[note_id, create_time,
+            source_keyword]``), so labels can be joined back and counted over time.
+        follow: with a database ``predict_path``: keep running and label new rows as a crawler inserts them,
+            polling every this many seconds; SIGTERM or Ctrl-C ends the run after the chunk in hand.
         val_fraction: share of ``train_path`` held out for validation when there is no ``val_path``.
         split_seed: seed of that split.
         max_length: tokens kept per post (longer posts are truncated).
@@ -111,9 +124,13 @@ class DataSettings:
     test_path: Optional[str] = None
     predict_path: Optional[str] = None
     predict_format: Optional[str] = None
+    table: Optional[str] = None
+    query: Optional[str] = None
     text_column: str = "review"
     label_column: str = "label"
     id_column: Optional[str] = "id"
+    keep_columns: list[str] = field(default_factory=list)
+    follow: Optional[float] = None
     val_fraction: float = 0.1
     split_seed: int = 42
     max_length: int = 128
@@ -136,6 +153,14 @@ class DataSettings:
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"data.val_fraction is the share of train_path held out, from 0 to below 1; got "
                             f"{self.val_fraction}")  # fmt: skip
+        self.keep_columns = list(self.keep_columns)
+        from_database = is_database_url(self.predict_path)
+        for name in ("table", "query", "follow"):
+            if getattr(self, name) is not None and self.predict_path is not None and not from_database:
+                raise UserError(f"data.{name} goes with a database predict_path (sqlite:///crawl.db, "
+                                f"postgresql+psycopg://...); {self.predict_path} is a file")  # fmt: skip
+        if self.follow is not None and self.follow <= 0:
+            raise UserError(f"data.follow is the seconds between polls of the table, above 0; got {self.follow}")
         for name in ("max_length", "batch_size", "eval_batch_size", "predict_window"):
             if getattr(self, name) < 1:
                 raise UserError(f"data.{name} must be at least 1; got {getattr(self, name)}")

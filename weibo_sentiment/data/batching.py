@@ -245,13 +245,19 @@ class SortedPostBatches(IterableDataset):
         self.batch_size, self.window, self.rank, self.world_size = batch_size, max(window, 1), rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        posts = iter(self.reader)
-        for number in itertools.count():
-            window = list(itertools.islice(posts, self.window))
-            if not window:
-                return
+        for number, window in enumerate(self._windows()):
             if number % self.world_size == self.rank:
                 yield from self.window_batches(window, first_position=number * self.window)
+
+    def _windows(self) -> Iterator[list[Post]]:
+        """The input cut into windows of ``window`` posts; a source that knows better cuts its own (a database
+        table being followed ends a window whenever it has no more rows for now)."""
+        if hasattr(self.reader, "windows"):
+            yield from self.reader.windows(self.window)
+            return
+        posts = iter(self.reader)
+        while window := list(itertools.islice(posts, self.window)):
+            yield window
 
     def posts_of_this_rank(self, total: int) -> int:
         """How many of an input's ``total`` posts this rank labels: those of its windows (see ``__iter__``)."""

@@ -1,4 +1,4 @@
-"""Files to posts: CSV, TSV, JSONL, plain text and standard input, read as a stream.
+"""Files to posts: CSV, TSV, JSONL, JSON arrays (MediaCrawler's exports), plain text and standard input.
 
 Every file problem (missing file, wrong column, bad label, wrong encoding) is found here and reported as a
 :class:`UserError` naming the file and line; nothing downstream parses files.
@@ -21,40 +21,44 @@ from typing import Any, NamedTuple, Optional
 from weibo_sentiment.errors import UserError
 
 STDIN = "-"
-FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".txt": "txt"}
 DELIMITER = {"csv": ",", "tsv": "\t"}
 # Posts are short, but one pasted article must not stop a run: allow fields far longer than csv's 128 KiB default.
 csv.field_size_limit(64 * 1024 * 1024)
 
 
 class Post(NamedTuple):
-    """One record of an input file: the text, its label when the file has one, and its id when it has one."""
+    """One record of an input: the text, its label and its id when the input has them, and the input's other
+    columns that the output carries (``data.keep_columns``)."""
 
     text: str
     label: Optional[int] = None
     id: Optional[str] = None
+    kept: Optional[dict[str, Any]] = None
 
 
 def detect_format(path: str, fmt: Optional[str] = None) -> str:
     """The file format: ``fmt`` when given, else from the suffix; standard input is plain text unless told."""
     if fmt is not None:
-        if fmt not in DELIMITER and fmt not in ("jsonl", "txt"):
-            raise UserError(f"unknown format {fmt!r} for {path}: use csv, tsv, jsonl or txt")
+        if fmt not in DELIMITER and fmt not in ("jsonl", "json", "txt"):
+            raise UserError(f"unknown format {fmt!r} for {path}: use csv, tsv, jsonl, json or txt")
         return fmt
     if path == STDIN:
         return "txt"
     suffix = Path(path).suffix.lower()
     if suffix not in FORMAT_BY_SUFFIX:
-        raise UserError(f"{path}: cannot tell the format from the suffix {suffix!r}; name the file .csv, .tsv, .jsonl or .txt")
+        raise UserError(f"{path}: cannot tell the format from the suffix {suffix!r}; name the file .csv, .tsv, .jsonl, .json or .txt")
     return FORMAT_BY_SUFFIX[suffix]
 
 
 class PostReader:
-    """Streams :class:`Post` records from a CSV/TSV/JSONL/plain-text file or standard input (``-``).
+    """Streams :class:`Post` records from a CSV/TSV/JSONL/JSON/plain-text file or standard input (``-``).
 
     Files are read as UTF-8 (a leading BOM and CRLF line ends are fine). CSV/TSV need a header row; JSONL needs one
-    object per line. Plain text is one post per line, blank lines skipped. With ``label_column`` set, every record
-    must carry a label in ``0 .. num_labels-1``. Memory stays constant whatever the file's size.
+    object per line; JSON (MediaCrawler's export) is one array of objects. Plain text is one post per line, blank
+    lines skipped. With ``label_column`` set, every record must carry a label in ``0 .. num_labels-1``;
+    ``keep_columns`` are carried in each post (``Post.kept``), a missing one is an error. Memory stays constant
+    whatever the file's size, except for a JSON array, which is parsed whole.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class PostReader:
         id_column: Optional[str] = "id",
         fmt: Optional[str] = None,
         num_labels: int = 2,
+        keep_columns: Sequence[str] = (),
     ) -> None:
         self.path = str(path)
         if self.path != STDIN:
@@ -78,8 +83,10 @@ class PostReader:
         self.label_column = label_column
         self.id_column = id_column
         self.num_labels = num_labels
-        if self.label_column is not None and self.fmt == "txt":
-            raise UserError(f"{self.path}: labelled data needs a CSV, TSV or JSONL file with a {label_column!r} column")
+        self.keep_columns = tuple(keep_columns)
+        if self.fmt == "txt" and (self.label_column is not None or self.keep_columns):
+            what = f"a {label_column!r} column" if label_column is not None else "the columns to keep"
+            raise UserError(f"{self.path}: plain text has no columns; {what} needs a CSV, TSV, JSONL or JSON file")
 
     def __iter__(self) -> Iterator[Post]:
         with self._reading() as records:
@@ -135,11 +142,14 @@ class PostReader:
                 if line.strip():
                     yield line, line_no
             return
+        if self.fmt == "json":
+            yield from self._json_array(stream)
+            return
         reader = csv.DictReader(stream, delimiter=DELIMITER[self.fmt])
         if reader.fieldnames is None:
             header = ",".join(column for column in (self.label_column, self.text_column) if column)
             raise UserError(f"{self.path}: the file is empty; expected a header row such as '{header}'")
-        for column in (self.text_column, self.label_column):
+        for column in (self.text_column, self.label_column, *self.keep_columns):
             if column is not None and column not in reader.fieldnames:
                 raise UserError(
                     f"{self.path}: no {column!r} column (the header has {', '.join(map(repr, reader.fieldnames))}); "
@@ -148,10 +158,26 @@ class PostReader:
         for row in reader:
             yield row, reader.line_num
 
+    def _json_array(self, stream: io.TextIOBase) -> Iterator[tuple[Any, int]]:
+        """The objects of a JSON array (MediaCrawler's ``--save_data_option json`` files), numbered from 1."""
+        try:
+            records = json.load(stream)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{self.path} line {err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(records, list):
+            raise UserError(f"{self.path}: expected a JSON array of objects (one per post); for one object per line "
+                            "name the file .jsonl")  # fmt: skip
+        for number, record in enumerate(records, start=1):
+            yield record, number
+
     def _as_post(self, record: Any, line_no: int) -> Post:
         if self.fmt == "txt":
             return Post(record)
-        return self._post(self._json_object(record, line_no) if self.fmt == "jsonl" else record, line_no)
+        if self.fmt == "jsonl":
+            record = self._json_object(record, line_no)
+        elif self.fmt == "json" and not isinstance(record, dict):
+            raise UserError(f"{self.path} object {line_no}: expected a JSON object with a {self.text_column!r} field")
+        return self._post(record, line_no)
 
     def _json_object(self, line: str, line_no: int) -> dict[str, Any]:
         try:
@@ -163,12 +189,21 @@ class PostReader:
         return record
 
     def _post(self, record: dict[str, Any], line_no: int) -> Post:
+        where = f"{self.path} {'object' if self.fmt == 'json' else 'line'} {line_no}"
         text = record.get(self.text_column)
+        if text is None and self.text_column in record:
+            text = ""  # a JSON null: a post without text, marked empty like an empty CSV field
         if not isinstance(text, str):
-            raise UserError(f"{self.path} line {line_no}: no {self.text_column!r} text")
+            raise UserError(f"{where}: no {self.text_column!r} text")
         post_id = record.get(self.id_column) if self.id_column else None
         label = None if self.label_column is None else self._label(record.get(self.label_column), line_no)
-        return Post(text, label, None if post_id is None else str(post_id))
+        kept = None
+        if self.keep_columns:
+            missing = [column for column in self.keep_columns if column not in record]
+            if missing:
+                raise UserError(f"{where}: no {', '.join(map(repr, missing))} field to keep (--data.keep_columns)")
+            kept = {column: record[column] for column in self.keep_columns}
+        return Post(text, label, None if post_id is None else str(post_id), kept)
 
     def _label(self, value: Any, line_no: int) -> int:
         allowed = range(self.num_labels)

@@ -236,19 +236,38 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weibo-sentiment"
 
 
-def model_fingerprint(peft_model: Any, base_model: str) -> str:
-    """A key for what an export computes: the adapter's tensors and settings, and which base model they sit on
-    (a directory by its files' names, sizes and modification times; a hub id by its name and revision)."""
+def _add_trained_tensors(digest: Any, peft_model: Any) -> None:
+    """Feed a peft model's trained tensors (LoRA and head) and LoRA settings to ``digest``."""
     from peft import get_peft_model_state_dict
 
-    digest = hashlib.sha256(f"format {EXPORT_FORMAT} opset {OPSET}".encode())
     for name, tensor in sorted(get_peft_model_state_dict(peft_model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     # Sorted keys, and sets (target_modules) as sorted lists: the same settings give the same key in every process.
-    settings = peft_model.peft_config["default"].to_dict()
+    # Where the base model was read from is left out: the same model read from two places is the same model.
+    settings = {k: v for k, v in peft_model.peft_config["default"].to_dict().items() if k != "base_model_name_or_path"}
     digest.update(json.dumps(settings, sort_keys=True, default=lambda v: sorted(map(str, v))
                              if isinstance(v, (set, frozenset)) else str(v)).encode())  # fmt: skip
+
+
+def trained_model_id(peft_model: Any) -> str:
+    """What identifies a trained model whatever runs it (runtime, precision, an export of it): its trained tensors,
+    its LoRA settings and its base model's shape, as 16 hex digits. The labels table records it (``model``), so a
+    rerun knows which posts this model has labelled already."""
+    digest = hashlib.sha256(b"weibo-sentiment trained model")
+    _add_trained_tensors(digest, peft_model)
+    config = peft_model.config
+    shape = {key: getattr(config, key, None) for key in ("model_type", "vocab_size", "n_layer", "n_embd",
+                                                           "num_hidden_layers", "hidden_size", "num_labels")}
+    digest.update(json.dumps(shape, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(peft_model: Any, base_model: str) -> str:
+    """A key for what an export computes: the adapter's tensors and settings, and which base model they sit on
+    (a directory by its files' names, sizes and modification times; a hub id by its name and revision)."""
+    digest = hashlib.sha256(f"format {EXPORT_FORMAT} opset {OPSET}".encode())
+    _add_trained_tensors(digest, peft_model)
     base = Path(base_model)
     if base.is_dir():
         for file in sorted(base.iterdir()):
@@ -258,6 +277,16 @@ def model_fingerprint(peft_model: Any, base_model: str) -> str:
     else:
         digest.update(f"{base_model}@{getattr(peft_model.config, '_commit_hash', None)}".encode())
     return digest.hexdigest()[:32]
+
+
+def exported_model_id(directory: str | Path) -> str:
+    """An exported directory's ``trained_model_id`` (its manifest's ``model_id``; an export made before manifests
+    held it: a key of what its manifest says it was made from)."""
+    manifest = read_manifest(directory)
+    if manifest.get("model_id"):
+        return str(manifest["model_id"])
+    made_from = {key: manifest.get(key) for key in ("base_model", "trained_weights", "num_labels", "max_length")}
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cached_onnx(peft_model: Any, base_model: str, quantize: bool) -> Path:

@@ -9,7 +9,7 @@ import heapq
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any, Optional
 
 import torch
@@ -24,10 +24,11 @@ EMPTY = "empty"
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
-def prediction_columns(text_column: str, with_id: bool) -> list[str]:
-    """The columns of a prediction row, in order."""
-    return (["id"] if with_id else []) + [text_column, "label", "sentiment", "confidence", "prob_positive", "emoticons",
-                                          "truncated"]  # fmt: skip
+def prediction_columns(text_column: str, with_id: bool, keep_columns: Sequence[str] = ()) -> list[str]:
+    """The columns of a prediction row, in order: the id, the kept input columns, the text, then the model's."""
+    kept = [column for column in keep_columns if column not in ("id", text_column)]
+    return (["id"] if with_id else []) + kept + [text_column, "label", "sentiment", "confidence", "prob_positive",
+                                                 "emoticons", "truncated"]  # fmt: skip
 
 
 def prediction_rows(
@@ -38,7 +39,8 @@ def prediction_rows(
     with_id: bool = False,
     truncated: Optional[list[bool]] = None,
 ) -> list[dict[str, Any]]:
-    """One output row per post: [id,] text, label, sentiment, confidence, prob_positive, emoticons, truncated.
+    """One output row per post: [id,] [kept columns,] text, label, sentiment, confidence, prob_positive, emoticons,
+    truncated.
 
     ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them;
     ``truncated`` says the post was longer than the model reads (``max_length`` tokens) and was read up to there.
@@ -51,6 +53,7 @@ def prediction_rows(
     for post, label, conf, probs, cut in zip(posts, labels.tolist(), confidence.tolist(), probabilities.tolist(),
                                              truncated):  # fmt: skip
         row: dict[str, Any] = {"id": post.id} if with_id else {}
+        row.update(post.kept or {})
         row[text_column] = post.text
         if math.isnan(probs[0]):
             row.update({"label": None, "sentiment": EMPTY, "confidence": None, "prob_positive": None})
@@ -120,6 +123,21 @@ class PredictionSummary:
                 heapq.heappush(heap, item)
             elif item > heap[0]:
                 heapq.heapreplace(heap, item)
+
+    @classmethod
+    def merged(cls, summaries: Sequence[PredictionSummary]) -> PredictionSummary:
+        """One summary of the rows that several summaries counted (the processes of a run)."""
+        whole = cls(summaries[0].text_column, summaries[0].keep)
+        for part in summaries:
+            whole.counts.update(part.counts)
+            whole.confidence_sum += part.confidence_sum
+            whole.prob_sum += part.prob_sum
+            whole.prob_sum_of_squares += part.prob_sum_of_squares
+            whole.histogram = [a + b for a, b in zip(whole.histogram, part.histogram)]
+            for sentiment, heap in part._surest.items():
+                whole._surest[sentiment] = heapq.nlargest(whole.keep, whole._surest.get(sentiment, []) + heap)
+                heapq.heapify(whole._surest[sentiment])
+        return whole
 
     @property
     def posts(self) -> int:

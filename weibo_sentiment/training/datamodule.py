@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal, Optional
 
 from lightning.pytorch import LightningDataModule
@@ -19,6 +19,7 @@ from weibo_sentiment.data.batching import (
     TokenizedPosts,
     as_tensors,
 )
+from weibo_sentiment.data.database import DatabasePosts, LabelsLocation, is_database_url, same_database
 from weibo_sentiment.data.readers import STDIN, Post, PostReader, read_labelled, stratified_split
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
@@ -27,7 +28,8 @@ from weibo_sentiment.settings import DataSettings
 
 
 class WeiboDataModule(LightningDataModule):
-    """Weibo posts for fit/validate/test (labelled CSV/TSV/JSONL) and predict (CSV/TSV/JSONL/text/stdin).
+    """Weibo posts for fit/validate/test (labelled CSV/TSV/JSONL) and predict (CSV/TSV/JSONL/JSON/text/stdin, or a
+    database table: ``data.database``).
 
     Without ``val_path`` the validation set is a stratified ``val_fraction`` of ``train_path``, the same every run
     for the same ``split_seed`` (so ``validate`` on a checkpoint sees the posts its ``fit`` held out).
@@ -40,9 +42,13 @@ class WeiboDataModule(LightningDataModule):
         test_path: Optional[str] = None,
         predict_path: Optional[str] = None,
         predict_format: Optional[str] = None,
+        table: Optional[str] = None,
+        query: Optional[str] = None,
         text_column: str = DataSettings.text_column,
         label_column: str = DataSettings.label_column,
         id_column: Optional[str] = DataSettings.id_column,
+        keep_columns: Optional[list[str]] = None,
+        follow: Optional[float] = None,
         val_fraction: float = DataSettings.val_fraction,
         split_seed: int = DataSettings.split_seed,
         max_length: int = DataSettings.max_length,
@@ -59,6 +65,7 @@ class WeiboDataModule(LightningDataModule):
         """The ``data:`` section of a config; each argument is described (and checked) in
         :class:`weibo_sentiment.settings.DataSettings`, which the API, the console and the export read too."""
         settings = {name: value for name, value in locals().items() if name in DataSettings.__dataclass_fields__}
+        settings["keep_columns"] = keep_columns or []
         super().__init__()
         s = self.settings = DataSettings(**settings)
         self.save_hyperparameters(asdict(s))
@@ -68,6 +75,9 @@ class WeiboDataModule(LightningDataModule):
         self.val_fraction, self.split_seed, self.max_length = s.val_fraction, s.split_seed, s.max_length
         self.batch_size, self.eval_batch_size, self.num_workers = s.batch_size, s.eval_batch_size, s.num_workers
         self.predict_window = s.predict_window
+        self.keep_columns = s.keep_columns
+        self.follow = s.follow
+        self._labels: Optional[LabelsLocation] = None  # set by a writer whose labels go to the posts' database
         self.tokenizer_name_or_path, self.num_labels = s.tokenizer_name_or_path, s.num_labels
         self.emoticon_dropout = s.emoticon_dropout
         self.emoticon_views = s.emoticon_views
@@ -92,12 +102,16 @@ class WeiboDataModule(LightningDataModule):
         elif stage == "test":
             self._add_evaluation_set("test", self._labelled(self._required("test_path", stage)))
         elif stage == "predict":
-            reader = PostReader(
-                self._required("predict_path", stage), self.text_column, None, self.id_column, self.predict_format
-            )
-            if reader.path != STDIN:
-                next(iter(reader), None)  # header and first record: their errors surface here, before any work
-            self.datasets["predict"] = reader
+            path, s = self._required("predict_path", stage), self.settings
+            if is_database_url(path):  # the database, table and columns are checked here, before any work
+                self.datasets["predict"] = DatabasePosts.open(path, s.table, s.query, self.text_column,
+                                                              s.id_column, s.keep_columns, s.follow)  # fmt: skip
+            else:
+                reader = PostReader(path, self.text_column, None, self.id_column, self.predict_format,
+                                    keep_columns=s.keep_columns)  # fmt: skip
+                if reader.path != STDIN:
+                    next(iter(reader), None)  # header and first record: their errors surface here, before any work
+                self.datasets["predict"] = reader
         self._ready_stages.add(stage)
 
     def _add_evaluation_set(self, split: str, posts: list[Post]) -> None:
@@ -192,9 +206,27 @@ class WeiboDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._evaluation_loader("test")
 
+    def only_unlabelled(self, labels: LabelsLocation) -> None:
+        """Read only the posts that ``labels.model`` has not labelled yet: a prediction writer whose labels go to a
+        table in the posts' own database calls this before predict reads (posts from elsewhere are all read)."""
+        source = self.datasets.get("predict")
+        if isinstance(source, DatabasePosts) and same_database(source.url, labels.url):
+            self._labels = labels
+
+    def _predict_source(self) -> Any:
+        """The posts this process reads: a database's rows are shared between processes by key, and only the
+        unlabelled ones read when the labels go beside them; a file's windows are shared in ``SortedPostBatches``."""
+        source = self.datasets["predict"]
+        if isinstance(source, DatabasePosts):
+            source = source.of_rank(*self._rank_and_world())
+            if self._labels is not None:  # by the model that labels now, its checkpoint loaded
+                source = source.unlabelled_by(replace(self._labels, model=self.trainer.lightning_module.trained_model_id()))
+        return source
+
     def _predict_batches(self) -> SortedPostBatches:
-        rank, world_size = self._rank_and_world()
-        return SortedPostBatches(self.datasets["predict"], self.tokenize, self.tokenizer.pad_token_id,
+        source = self._predict_source()
+        rank, world_size = (0, 1) if isinstance(source, DatabasePosts) else self._rank_and_world()
+        return SortedPostBatches(source, self.tokenize, self.tokenizer.pad_token_id,
                                  self.eval_batch_size, self.predict_window, rank, world_size)  # fmt: skip
 
     def predict_dataloader(self) -> DataLoader:
@@ -207,8 +239,11 @@ class WeiboDataModule(LightningDataModule):
     def predict_posts_of_this_process(self) -> Optional[int]:
         """How many posts this process labels (its share under several), counted in the input before labelling;
         ``None`` when the posts come from standard input, which cannot be read twice."""
-        total = self.datasets["predict"].count()
-        return None if total is None else self._predict_batches().posts_of_this_rank(total)
+        source = self._predict_source()
+        total = source.count()
+        if total is None or isinstance(source, DatabasePosts):
+            return total
+        return self._predict_batches().posts_of_this_rank(total)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Batches from worker processes hold numpy arrays where they held tensors (see CrossesAsArrays).

@@ -27,7 +27,7 @@ from torchmetrics.classification import (
 from transformers import get_linear_schedule_with_warmup
 
 from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors
-from weibo_sentiment.inference.engine import Engine, engine_for
+from weibo_sentiment.inference.engine import Engine, engine_for, exported_model_id, trained_model_id
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import DEFAULT_TARGET_MODULES, ModelSettings
@@ -202,6 +202,10 @@ class SentimentClassifier(LightningModule):
     def inference_engine(self, precision: str = "32-true") -> Engine:
         """The engine that labels for this model in its ``runtime``/``quantize`` and the given precision."""
         return engine_for(self.settings, self.model, precision, self.device.type)
+
+    def trained_model_id(self) -> str:
+        """What identifies this trained model in a labels table, whatever runs it (``engine.trained_model_id``)."""
+        return exported_model_id(self.exported_dir) if self.exported_dir else trained_model_id(self.model)
 
     def on_predict_start(self) -> None:
         self.engine = self.inference_engine(str(self.trainer.precision))

@@ -27,7 +27,8 @@ class PostsProgressBar(RichProgressBar):
 
     def _predict_description(self, trainer: pl.Trainer) -> str:
         if self._posts_total is None:
-            return f"{self.predict_description} (stdin, no total)"
+            source = "following the table" if getattr(trainer.datamodule, "follow", None) else "stdin"
+            return f"{self.predict_description} ({source}, no total)"
         if trainer.world_size > 1:
             return f"{self.predict_description} (rank {trainer.global_rank}'s share)"
         return self.predict_description
