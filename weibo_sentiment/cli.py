@@ -15,7 +15,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Optional
 
@@ -221,31 +221,34 @@ class SentimentCLI(LightningCLI):
                 warn_bf16_emulated()
 
     @contextmanager
-    def _no_run_folder_left_when_stopped(self) -> Iterator[None]:
-        """A validate, test or predict that a stop signal cut short leaves no run folder of its own behind (a
-        stopped fit keeps its folder: its last.ckpt is where it resumes)."""
+    def _no_run_folder_left_when_cut_short(self) -> Iterator[None]:
+        """A validate, test or predict that a stop signal or a user's mistake (one found once the trainer runs, such
+        as no permission to create a labels table) cut short leaves no run folder of its own behind (a stopped fit
+        keeps its folder: its last.ckpt is where it resumes)."""
         logger = self.trainer.logger
         run_dir = Path(logger.log_dir) if isinstance(logger, TensorBoardLogger) else None
         new_run = run_dir is not None and not run_dir.exists()
         try:
             yield
-        except BaseException:
-            if STOP.signum is not None and new_run and self.trainer.is_global_zero:
+        except BaseException as err:
+            if (STOP.signum is not None or isinstance(err, UserError)) and new_run and self.trainer.is_global_zero:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                with suppress(OSError):  # lightning_logs too, if this run made it and left it empty
+                    run_dir.parent.rmdir()
             raise
 
     def validate(self, **kwargs: Any) -> None:
-        with self._no_run_folder_left_when_stopped():
+        with self._no_run_folder_left_when_cut_short():
             self.trainer.validate(**kwargs)
 
     def test(self, **kwargs: Any) -> None:
-        with self._no_run_folder_left_when_stopped():
+        with self._no_run_folder_left_when_cut_short():
             self.trainer.test(**kwargs)
 
     def predict(self, **kwargs: Any) -> None:
         # The PredictionWriter streams rows to the file; keeping them in memory too would grow with the input.
         kwargs["return_predictions"] = False
-        with self._no_run_folder_left_when_stopped():
+        with self._no_run_folder_left_when_cut_short():
             self.trainer.predict(**kwargs)
 
 

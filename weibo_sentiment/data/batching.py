@@ -265,7 +265,12 @@ class SortedPostBatches(IterableDataset):
         return sum(min(self.window, total - start) for start in starts)
 
     def window_batches(self, posts: list[Post], first_position: int = 0) -> Iterator[dict[str, Any]]:
-        """One window's batches, shortest posts first."""
+        """One window's batches, shortest posts first; an empty window is one empty batch (see ``DatabasePosts``)."""
+        if not posts:
+            batch = pad_to_longest([[self.pad_token_id]], self.pad_token_id)
+            yield {**batch, "classified": torch.zeros(0, dtype=torch.long), "truncated": [], "posts": [],
+                   "positions": [], "window_end": True}  # fmt: skip
+            return
         classified = [index for index, post in enumerate(posts) if post.text.strip()]
         input_ids: list[list[int]] = [[] for _ in posts]
         truncated = [False] * len(posts)

@@ -168,8 +168,8 @@ def labels_table_definition(name: str, metadata: Any) -> Any:
         sa.Column("model", sa.String(64), primary_key=True),  # the trained model (engine.trained_model_id)
         sa.Column("label", sa.SmallInteger, nullable=True),  # 0 negative, 1 positive; NULL: no text
         sa.Column("sentiment", sa.String(16), nullable=False),  # negative, positive or empty
-        sa.Column("confidence", sa.Float, nullable=True),
-        sa.Column("prob_positive", sa.Float, nullable=True),
+        sa.Column("confidence", sa.Double, nullable=True),
+        sa.Column("prob_positive", sa.Double, nullable=True),
         sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),  # UTC
     )  # fmt: skip
 
@@ -424,6 +424,11 @@ class DatabasePosts:
                     if window:
                         yield window
                         window = []
+                        if self.follow is not None:
+                            # An empty window after it: Lightning holds one batch back until the next arrives (to
+                            # know which is the last), so the window's last batch, and its labels, would otherwise
+                            # wait for the crawler's next rows.
+                            yield []
                     if self.follow is None or not self._wait(self.follow, parent):
                         return
         finally:
