@@ -331,3 +331,30 @@ def test_mediacrawler_exports_label_as_they_are_and_keep_their_columns(trained: 
         assert labelled[3]["sentiment"] == "empty"
     assert [r["prob_positive"] for r in outputs["csv"]] == [r["prob_positive"] for r in outputs["json"]]
     assert isinstance(outputs["json"][0]["create_time"], int)  # JSON keeps its types; CSV has only text
+
+
+def test_the_python_api_labels_a_table_as_main_py_does_which_then_finds_nothing_left(trained: dict, tiny_gpt2: str,
+                                                                                    tmp_path: Path) -> None:  # fmt: skip
+    from weibo_sentiment import SentimentAnalyzer
+
+    url = f"sqlite:///{tmp_path / 'crawl.db'}"
+    fill(url, notes=60, comments=0)
+    # A table to a file, with the columns to count over time
+    result = run_main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["last"]),
+                               "--data.predict_path", url, "--data.table", "weibo_note", "--data.text_column", "content",
+                               "--data.id_column", "note_id", "--data.keep_columns", "[create_time,source_keyword]",
+                               "--predict_writer.output_path", str(tmp_path / "labelled.csv")))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_main = read_predictions(tmp_path / "labelled.csv")
+    assert len(from_main) == 60 and list(from_main[0])[:4] == ["id", "create_time", "source_keyword", "content"]
+
+    with SentimentAnalyzer.load(trained["last"]) as analyzer:
+        summary = analyzer.label_database(url, "weibo_note", id_column="note_id")
+        assert summary.posts == 60
+        assert analyzer.label_database(url, "weibo_note", id_column="note_id").posts == 0  # all labelled already
+    labels = labels_of(url)
+    for row in from_main:
+        assert labels[row["id"]]["prob_positive"] == pytest.approx(float(row["prob_positive"]), abs=1e-6)
+
+    again = run_main(predict_db(trained, tiny_gpt2, tmp_path, url))  # the same model, whatever labelled
+    assert again.returncode == 0 and "Labelled 0 posts of weibo_note" in again.stdout, again.stderr[-3000:]

@@ -152,6 +152,42 @@ class SentimentAnalyzer:
         rows = prediction_rows(posts, probabilities, "text", self.emoticons, truncated=truncated)
         return [SentimentRow(**{key: row[key] for key in SentimentRow.__dataclass_fields__}) for row in rows]
 
+    def label_database(
+        self,
+        url: str,
+        table: Optional[str] = None,
+        *,
+        query: Optional[str] = None,
+        text_column: str = "content",
+        id_column: Optional[str] = None,
+        labels_table: str = "weibo_sentiment_labels",
+        window: int = 2048,
+    ) -> Any:
+        """Label the posts of a database table (or SELECT) that this model has not labelled yet, into a labels table
+        beside them, a window of posts per transaction, as ``main.py predict`` does with a database URL; returns the
+        run's :func:`summarize` of what it labelled.
+
+        ``url``: ``sqlite:///crawl.db``, ``postgresql+psycopg://user@host:5432/db``, ``mysql+pymysql://...`` (a
+        password left out is taken from DB_PASSWORD). ``id_column``: the id recorded per label (``note_id``,
+        ``comment_id``; default: the table's primary key)."""
+
+        from weibo_sentiment.data.database import DatabasePosts, LabelsLocation, LabelsTable
+        from weibo_sentiment.inference.outputs import PredictionSummary
+
+        source = DatabasePosts.open(url, table, query, text_column, id_column)
+        location = LabelsLocation(url, labels_table, self.engine.model_id)
+        labels = LabelsTable(location, source.source_table)
+        summary = PredictionSummary("text")
+        try:
+            labels.create()
+            for posts in source.unlabelled_by(location).windows(window):
+                rows = [{"id": post.id, **row.to_dict()} for post, row in zip(posts, self.predict([p.text for p in posts]))]
+                labels.write(rows)
+                summary.add(rows, [post.text for post in posts])
+        finally:
+            labels.close()
+        return summary
+
     def close(self) -> None:
         """Give back the engine (its onnxruntime session, or the merged torch weights)."""
         self.engine.close()

@@ -51,6 +51,7 @@ CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base 
 class Engine(Protocol):
     mode: InferenceMode
     num_labels: int
+    model_id: str  # the trained model's identity, whatever runs it (trained_model_id)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class probabilities (float32) of right-padded ``input_ids``."""
@@ -335,11 +336,13 @@ def _evict(root: Path, keep: int) -> None:
 def build_engine(peft_model: Any, mode: InferenceMode, base_model: str) -> Engine:
     """The engine for a peft model (base + LoRA + head) in ``mode``."""
     if mode.runtime == "torch":
-        return TorchEngine(peft_model, mode)
-    started = time.perf_counter()
-    path = cached_onnx(peft_model, base_model, quantize=mode.quantize == "int8")
-    engine = OnnxEngine(path, peft_model.config.num_labels, mode)
-    logging.getLogger(__name__).debug("onnxruntime engine from %s in %.1f s", path, time.perf_counter() - started)
+        engine: Engine = TorchEngine(peft_model, mode)
+    else:
+        started = time.perf_counter()
+        path = cached_onnx(peft_model, base_model, quantize=mode.quantize == "int8")
+        engine = OnnxEngine(path, peft_model.config.num_labels, mode)
+        logging.getLogger(__name__).debug("onnxruntime engine from %s in %.1f s", path, time.perf_counter() - started)
+    engine.model_id = trained_model_id(peft_model)
     return engine
 
 
@@ -392,4 +395,6 @@ def exported_engine(directory: str | Path, mode: InferenceMode) -> OnnxEngine:
     if not path.is_file():
         hint = " (export with --quantize int8 to include it)" if mode.quantize else ""
         raise UserError(f"{directory}: the exported model has no {name}{hint}")
-    return OnnxEngine(path, manifest["num_labels"], mode)
+    engine = OnnxEngine(path, manifest["num_labels"], mode)
+    engine.model_id = exported_model_id(directory)
+    return engine
