@@ -87,8 +87,9 @@ class DataSettings:
         predict_format: ``csv``, ``tsv``, ``jsonl``, ``json`` (one array of objects) or ``txt`` when the suffix does
             not tell (default: by suffix).
         table: with a database ``predict_path``: the table holding the posts (e.g. ``weibo_note``).
-        query: with a database ``predict_path``, instead of ``table``: a SELECT giving the posts (its ``id_column``
-            must be unique: rows are read in its order).
+        query: with a database ``predict_path``: a SELECT giving the posts (its ``id_column`` must be unique: rows
+            are read in its order); with ``table`` too, its labels are recorded as that table's (the SELECT picks
+            some of its rows), else as ``query``'s.
         text_column: the column (or JSON field) holding the post (MindSpider/MediaCrawler: ``content``).
         label_column: the column holding the label (1 = positive, 0 = negative).
         id_column: a column copied to the predictions so they can be joined back, if the file has it; for a

@@ -276,7 +276,8 @@ class DatabasePosts:
 
     @property
     def source_table(self) -> str:
-        """The name recorded as ``source_table`` in the labels table: the table's, or ``query`` for a SELECT."""
+        """The name recorded as ``source_table`` in the labels table: the table's (also for a SELECT of some of its
+        rows, given with its table), else ``query``."""
         return self.table or "query"
 
     @classmethod
@@ -285,15 +286,15 @@ class DatabasePosts:
         """Check that the database answers and has the table (or that the SELECT runs) and the columns."""
         import sqlalchemy as sa
 
-        if (table is None) == (query is None):
-            raise UserError(f"{describe(url)}: name the posts' table (--data.table weibo_note) or a SELECT "
-                            "(--data.query), one of the two")  # fmt: skip
+        if table is None and query is None:
+            raise UserError(f"{describe(url)}: name the posts' table (--data.table weibo_note) or give a SELECT "
+                            "(--data.query)")  # fmt: skip
         engine = open_database(url, must_exist=True)
         try:
             columns, primary_key, types = cls._columns(engine, url, table, query)
         finally:
             engine.dispose()  # the DataLoader worker connects anew: a connection must not cross a fork
-        where = f"the table {table}" if table else "the query"
+        where = "the query" if query else f"the table {table}"
         needed = [text_column, *([id_column] if id_column else []), *keep_columns]
         missing = [column for column in needed if column not in columns]
         if missing:
@@ -314,7 +315,7 @@ class DatabasePosts:
         import sqlalchemy as sa
 
         try:
-            if table is not None:
+            if query is None:
                 inspector = sa.inspect(engine)
                 if not inspector.has_table(table):
                     names = inspector.get_table_names()
@@ -328,7 +329,7 @@ class DatabasePosts:
                 names = list(connection.execute(sa.text(f"SELECT * FROM ({query}) AS posts WHERE 1 = 0")).keys())
             return names, None, {}
         except sa.exc.DBAPIError as err:
-            raise database_error(url, err, f"reading {'the table ' + table if table else 'the query'}") from None
+            raise database_error(url, err, "running the query" if query else f"reading the table {table}") from None
 
     def unlabelled_by(self, labels: LabelsLocation) -> DatabasePosts:
         """Only the rows that ``labels.model`` has not labelled in that labels table (in this database)."""
@@ -345,7 +346,7 @@ class DatabasePosts:
     def _selectable(self, metadata: Any, connection: Any) -> Any:
         import sqlalchemy as sa
 
-        if self.table is not None:
+        if self.query is None:
             return sa.Table(self.table, metadata, autoload_with=connection)
         names = list(connection.execute(sa.text(f"SELECT * FROM ({self.query}) AS posts WHERE 1 = 0")).keys())
         return sa.text(self.query).columns(*[sa.column(name) for name in names]).subquery("posts")

@@ -201,8 +201,9 @@ class PredictionWriter(BasePredictionWriter):
             torch.distributed.all_gather_object(summaries, self.summary)
             self.summary = PredictionSummary.merged(summaries)
         if trainer.is_global_zero:
+            found = self.summary.line() if self.summary.posts else "every post had this model's label already"
             rank_zero_info(f"Labelled {self.summary.posts} posts of {labels.source_table} into "
-                           f"{labels.location.table} ({describe(labels.location.url)}): {self.summary.line()}")
+                           f"{labels.location.table} ({describe(labels.location.url)}): {found}")
             log_prediction_summary(trainer, self.summary)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
