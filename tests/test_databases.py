@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -339,6 +340,7 @@ def test_the_python_api_labels_a_table_as_main_py_does_which_then_finds_nothing_
 
     url = f"sqlite:///{tmp_path / 'crawl.db'}"
     fill(url, notes=60, comments=0)
+    query(url, "INSERT INTO weibo_note (note_id, content) VALUES (NULL, '没有编号的帖子')")  # left out: no id to record
     # A table to a file, with the columns to count over time
     result = run_main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["last"]),
                                "--data.predict_path", url, "--data.table", "weibo_note", "--data.text_column", "content",
@@ -358,3 +360,28 @@ def test_the_python_api_labels_a_table_as_main_py_does_which_then_finds_nothing_
 
     again = run_main(predict_db(trained, tiny_gpt2, tmp_path, url))  # the same model, whatever labelled
     assert again.returncode == 0 and "Labelled 0 posts of weibo_note" in again.stdout, again.stderr[-3000:]
+
+
+def readme_sqlite_example() -> list[str]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### SQLite, embedded", 1)[1]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
+
+
+def test_the_readme_sqlite_example_runs_as_written_after_the_quickstart(quickstart: dict, tmp_path: Path) -> None:
+    for name in ("configs", "assets", "data", "tools", "main.py"):  # a user's clone after the quickstart
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "lightning_logs").symlink_to(quickstart["root"] / "lightning_logs")
+    commands = readme_sqlite_example()
+    assert len(commands) == 3 and all(command.startswith("python ") for command in commands)
+    outputs = []
+    for command in commands:
+        args = command.split()[1:]
+        result = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        outputs.append(result.stdout)
+    assert re.search(r"^Labelled 200 posts of weibo_note into weibo_sentiment_labels \(SQLite database crawl\.db\): "
+                     r"200 posts: \d+ negative .*; mean confidence 0\.\d{3}$", outputs[1], re.M)  # fmt: skip
+    assert "Labelled 200 posts of weibo_note_comment" in outputs[2]
+    url = f"sqlite:///{tmp_path / 'crawl.db'}"
+    assert len(labels_of(url, "weibo_note")) == len(labels_of(url, "weibo_note_comment")) == 200
