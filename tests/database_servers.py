@@ -145,6 +145,7 @@ def start_postgresql() -> Server:
                    check=True, capture_output=True)  # fmt: skip
     server = Server("postgresql", free_port(), directory, bin_dir=bin_dir)
     server.start()
+    removed_when_this_process_ends(server)
     statements = [f"CREATE USER {USER} PASSWORD '{PASSWORD}'", f"CREATE DATABASE {DATABASE} OWNER {USER}",
                   f"CREATE USER {READER} PASSWORD '{READER_PASSWORD}'"]  # one at a time: CREATE DATABASE runs alone
     for sql in statements:
@@ -185,6 +186,7 @@ def start_mariadb() -> Server:
                    check=True, capture_output=True)  # fmt: skip
     server = Server("mariadb", free_port(), directory)
     server.start()
+    removed_when_this_process_ends(server)
     sql = (f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4; "
            f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'; "
            f"GRANT ALL ON {DATABASE}.* TO '{USER}'@'127.0.0.1'; "
@@ -197,3 +199,18 @@ def start_mariadb() -> Server:
 def remove(server: Server) -> None:
     server.stop()
     shutil.rmtree(server.directory, ignore_errors=True)
+
+
+def removed_when_this_process_ends(server: Server) -> None:
+    """A watcher in a session of its own that stops the server and removes its directory once this process is gone,
+    however it ends (a test run killed with SIGKILL has no teardown): no server is left behind."""
+    if server.dialect == "postgresql":
+        stop = " ".join(as_user("postgres", [str(server.bin_dir / "pg_ctl"), "-D", str(server.directory / "data"),
+                                             "-m", "immediate", "-w", "stop"]))  # fmt: skip
+    else:
+        pid_file = server.directory / "mysqld.pid"  # the server's pid changes when a test restarts it
+        stop = f"kill $(cat {pid_file}); sleep 5; kill -9 $(cat {pid_file})"
+    script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; "
+              f"rm -rf {server.directory}")
+    subprocess.Popen(["bash", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -7,6 +7,7 @@ the export read the same sections through these classes directly, without import
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -40,6 +41,8 @@ class ModelSettings:
             The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
         quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with fp32 on
             ~99.9 % of posts, README Speed); default: none.
+        neutral_band: ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its label stays the model's
+            0 or 1) and summaries count three classes; default: none (README, Neutral band).
         view_consistency: with ``data.emoticon_views: 2``, the weight (lambda) of the symmetric KL divergence between
             the predictions for a post as written and without its emoticon tags, added to their cross-entropy
             (0.1: 1.0 cost 0.06 more val_f1 on m3e-small, README Emoticons).
@@ -58,6 +61,7 @@ class ModelSettings:
     warmup_ratio: float = 0.1
     runtime: Optional[Literal["torch", "onnxruntime"]] = None
     quantize: Optional[Literal["int8"]] = None
+    neutral_band: Optional[list[float]] = None
     view_consistency: float = 0.1
 
     def __post_init__(self) -> None:
@@ -71,6 +75,18 @@ class ModelSettings:
                             f"{self.lora_dropout}, {self.warmup_ratio}")  # fmt: skip
         if self.learning_rate <= 0:
             raise UserError(f"model.learning_rate must be above 0; got {self.learning_rate}")
+        band = checked_neutral_band(self.neutral_band)
+        self.neutral_band = list(band) if band is not None else None
+
+
+def checked_neutral_band(band: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    """A neutral band as ``(low, high)`` with 0 <= low <= high <= 1, or ``None``."""
+    if band is None:
+        return None
+    values = list(band)
+    if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or not 0 <= values[0] <= values[1] <= 1:
+        raise UserError(f"neutral_band is [low, high] on prob_positive, with 0 <= low <= high <= 1; got {band}")
+    return float(values[0]), float(values[1])
 
 
 @dataclass

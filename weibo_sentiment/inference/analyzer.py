@@ -50,9 +50,10 @@ class SentimentAnalyzer:
     as a context manager) to give back the engine's memory at once.
     """
 
-    def __init__(self, engine: Any, tokenize: Any, emoticons: Any, source: ModelSource, batch_size: int = 64) -> None:
+    def __init__(self, engine: Any, tokenize: Any, emoticons: Any, source: ModelSource, batch_size: int = 64,
+                 neutral_band: Optional[tuple[float, float]] = None) -> None:  # fmt: skip
         self.engine, self.tokenize, self.emoticons, self.source = engine, tokenize, emoticons, source
-        self.batch_size = batch_size
+        self.batch_size, self.neutral_band = batch_size, neutral_band
 
     @classmethod
     def load(
@@ -66,6 +67,7 @@ class SentimentAnalyzer:
         precision: str = "32-true",
         batch_size: Optional[int] = None,
         device: str = "cpu",
+        neutral_band: Optional[tuple[float, float]] = None,
     ) -> SentimentAnalyzer:
         """Load a model.
 
@@ -82,11 +84,13 @@ class SentimentAnalyzer:
             precision: ``32-true`` or ``bf16-mixed`` (torch).
             batch_size: posts per forward pass at most (default: the config's ``data.eval_batch_size``, 64).
             device: ``cpu`` or ``cuda`` (torch).
+            neutral_band: ``(low, high)``: a post whose ``prob_positive`` lies in it is ``neutral`` (its label stays
+                the model's); default: the config's ``model.neutral_band``, else none.
         """
         if config is None and model is not None:  # the checkpoint's own base model and max_length, or the defaults
             source = source_of_path(model, base_model)
             return cls.from_source(source, runtime=runtime, quantize=quantize, precision=precision,
-                                   batch_size=batch_size or 64, device=device)  # fmt: skip
+                                   batch_size=batch_size or 64, device=device, neutral_band=neutral_band)  # fmt: skip
         from weibo_sentiment.config import inference_mode, load_config, source_from_config
 
         parsed = load_config(config, runtime=runtime, quantize=quantize, precision=precision)
@@ -96,7 +100,8 @@ class SentimentAnalyzer:
             name_model_in_config(parsed, str(model))
         return cls.from_source(source_from_config(parsed), **inference_mode(parsed), device=device,
                                batch_size=batch_size or parsed.data.eval_batch_size,
-                               emoticon_pattern=parsed.data.emoticon_pattern)  # fmt: skip
+                               emoticon_pattern=parsed.data.emoticon_pattern,
+                               neutral_band=neutral_band or parsed.model.neutral_band)  # fmt: skip
 
     @classmethod
     def from_source(
@@ -109,6 +114,7 @@ class SentimentAnalyzer:
         batch_size: int = 64,
         device: str = "cpu",
         emoticon_pattern: Optional[str] = None,
+        neutral_band: Optional[tuple[float, float]] = None,
     ) -> SentimentAnalyzer:
         """An analyzer for a resolved model source (the API's workers get the one its main process resolved)."""
         import torch
@@ -116,10 +122,12 @@ class SentimentAnalyzer:
         from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
         from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
         from weibo_sentiment.inference.engine import engine_for_source
+        from weibo_sentiment.settings import checked_neutral_band
 
         engine = engine_for_source(source, runtime, quantize, precision, torch.device(device))
         tokenize = Tokenize(load_tokenizer(source.tokenizer), source.max_length)
-        return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size)
+        return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size,
+                   checked_neutral_band(neutral_band))  # fmt: skip
 
     @property
     def mode(self) -> str:
@@ -149,7 +157,8 @@ class SentimentAnalyzer:
             if len(batch["classified"]):
                 positions = torch.as_tensor(batch["positions"])[batch["classified"]]
                 probabilities[positions] = self.engine(batch["input_ids"], batch["attention_mask"]).cpu()
-        rows = prediction_rows(posts, probabilities, "text", self.emoticons, truncated=truncated)
+        rows = prediction_rows(posts, probabilities, "text", self.emoticons, truncated=truncated,
+                               neutral_band=self.neutral_band)  # fmt: skip
         return [SentimentRow(**{key: row[key] for key in SentimentRow.__dataclass_fields__}) for row in rows]
 
     def label_database(

@@ -19,6 +19,8 @@ from weibo_sentiment.emoticons import EmoticonTags
 
 SENTIMENTS = ("negative", "positive")
 """The name of each label: 0 = negative, 1 = positive."""
+NEUTRAL = "neutral"
+"""The sentiment of a post whose ``prob_positive`` lies in the neutral band (its label stays the model's 0 or 1)."""
 EMPTY = "empty"
 """The sentiment of a prediction row whose post has no text to classify."""
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -38,6 +40,7 @@ def prediction_rows(
     emoticons: EmoticonTags,
     with_id: bool = False,
     truncated: Optional[list[bool]] = None,
+    neutral_band: Optional[Sequence[float]] = None,
 ) -> list[dict[str, Any]]:
     """One output row per post: [id,] [kept columns,] text, label, sentiment, confidence, prob_positive, emoticons,
     truncated.
@@ -45,7 +48,8 @@ def prediction_rows(
     ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them;
     ``truncated`` says the post was longer than the model reads (``max_length`` tokens) and was read up to there.
     A post that was not classified (NaN probabilities: it has no text) keeps its row, marked ``sentiment``
-    ``empty`` with no label, confidence or probability, so the rows after it never shift.
+    ``empty`` with no label, confidence or probability, so the rows after it never shift. With a ``neutral_band``
+    ``[low, high]``, a post whose ``prob_positive`` lies in it (both ends included) is ``neutral``.
     """
     confidence, labels = probabilities.max(dim=-1)
     truncated = truncated or [False] * len(posts)
@@ -61,7 +65,7 @@ def prediction_rows(
             row.update(
                 {
                     "label": label,
-                    "sentiment": SENTIMENTS[label] if label < len(SENTIMENTS) else str(label),
+                    "sentiment": sentiment_of(label, probs[1], neutral_band),
                     "confidence": round(conf, 6),
                     "prob_positive": round(probs[1], 6),
                 }
@@ -70,6 +74,13 @@ def prediction_rows(
         row["truncated"] = cut
         rows.append(row)
     return rows
+
+
+def sentiment_of(label: int, prob_positive: float, neutral_band: Optional[Sequence[float]] = None) -> str:
+    """``negative`` or ``positive`` by the label, ``neutral`` when ``prob_positive`` lies in the band."""
+    if neutral_band is not None and neutral_band[0] <= prob_positive <= neutral_band[1]:
+        return NEUTRAL
+    return SENTIMENTS[label] if label < len(SENTIMENTS) else str(label)
 
 
 class RowFile:
@@ -153,8 +164,9 @@ class PredictionSummary:
 
     def sentiments(self) -> list[str]:
         """The sentiments found, known ones first."""
-        return [name for name in SENTIMENTS if self.counts[name]] + sorted(
-            name for name in self.counts if name not in SENTIMENTS and name != EMPTY)
+        known = (SENTIMENTS[0], NEUTRAL, SENTIMENTS[1])
+        return [name for name in known if self.counts[name]] + sorted(
+            name for name in self.counts if name not in known and name != EMPTY)
 
     def surest(self, sentiment: str) -> list[tuple[float, str]]:
         """(confidence, post) of the posts labelled ``sentiment`` with the highest confidence, highest first."""

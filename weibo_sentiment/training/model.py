@@ -60,6 +60,7 @@ class SentimentClassifier(LightningModule):
         warmup_ratio: float = ModelSettings.warmup_ratio,
         runtime: Optional[Literal["torch", "onnxruntime"]] = None,
         quantize: Optional[Literal["int8"]] = None,
+        neutral_band: Optional[list[float]] = None,
         view_consistency: float = ModelSettings.view_consistency,
     ) -> None:
         """The ``model:`` section of a config; each argument is described (and checked) in

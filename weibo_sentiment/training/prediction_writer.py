@@ -136,7 +136,7 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         rows = prediction_rows(batch["posts"], prediction.float().cpu(), self.text_column, self.emoticons, self.with_id,
-                               truncated_posts(batch))  # fmt: skip
+                               truncated_posts(batch), getattr(pl_module.settings, "neutral_band", None))  # fmt: skip
         self._window += zip(batch["positions"], rows)
         if batch["window_end"]:
             self._flush_window()
