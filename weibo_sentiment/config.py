@@ -102,4 +102,5 @@ def analyzer_for(config: Namespace, source: Optional[ModelSource] = None, device
 
     return SentimentAnalyzer.from_source(source or source_from_config(config), **inference_mode(config), device=device,
                                          batch_size=config.data.eval_batch_size,
-                                         emoticon_pattern=config.data.emoticon_pattern)  # fmt: skip
+                                         emoticon_pattern=config.data.emoticon_pattern,
+                                         neutral_band=config.model.neutral_band)  # fmt: skip

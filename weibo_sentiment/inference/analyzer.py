@@ -91,17 +91,16 @@ class SentimentAnalyzer:
             source = source_of_path(model, base_model)
             return cls.from_source(source, runtime=runtime, quantize=quantize, precision=precision,
                                    batch_size=batch_size or 64, device=device, neutral_band=neutral_band)  # fmt: skip
-        from weibo_sentiment.config import inference_mode, load_config, source_from_config
+        from weibo_sentiment.config import analyzer_for, load_config
 
         parsed = load_config(config, runtime=runtime, quantize=quantize, precision=precision)
         if base_model:
             parsed.model.model_name_or_path = base_model
         if model is not None:
             name_model_in_config(parsed, str(model))
-        return cls.from_source(source_from_config(parsed), **inference_mode(parsed), device=device,
-                               batch_size=batch_size or parsed.data.eval_batch_size,
-                               emoticon_pattern=parsed.data.emoticon_pattern,
-                               neutral_band=neutral_band or parsed.model.neutral_band)  # fmt: skip
+        parsed.data.eval_batch_size = batch_size or parsed.data.eval_batch_size
+        parsed.model.neutral_band = neutral_band or parsed.model.neutral_band
+        return analyzer_for(parsed, device=device)
 
     @classmethod
     def from_source(

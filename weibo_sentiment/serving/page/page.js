@@ -165,20 +165,22 @@ function render() {
 }
 
 function renderSummary() {
-  const positive = summary.positive || 0, negative = summary.negative || 0;
-  const empty = rows.length - positive - negative;
+  // neutral: posts inside the server's neutral band (model.neutral_band), when it has one
+  const positive = summary.positive || 0, negative = summary.negative || 0, neutral = summary.neutral || 0;
+  const classified = positive + negative + neutral, empty = rows.length - classified;
   const counts = document.querySelector("#summary .counts");
-  Object.assign(counts.dataset, { positive, negative, empty, total: rows.length });
-  const share = positive + negative ? positive / (positive + negative) : 0;
+  Object.assign(counts.dataset, { positive, negative, neutral, empty, total: rows.length });
+  const share = classified ? positive / classified : 0;
   counts.innerHTML = "";
-  counts.append(`${rows.length} posts: `, span("positive", `${positive} positive`), ", ", span("negative", `${negative} negative`),
+  counts.append(`${rows.length} posts: `, span("positive", `${positive} positive`), ", ",
+    ...(neutral ? [span("neutral", `${neutral} neutral`), ", "] : []), span("negative", `${negative} negative`),
     empty ? `, ${empty} without text` : "", ` · positive share ${(100 * share).toFixed(1)} %`);
   const split = $("split");
   split.innerHTML = "";
-  split.setAttribute("aria-label", `${positive} positive, ${negative} negative`);
-  for (const [name, count] of [["positive", positive], ["negative", negative]]) {
+  split.setAttribute("aria-label", `${positive} positive, ${neutral ? `${neutral} neutral, ` : ""}${negative} negative`);
+  for (const [name, count] of [["positive", positive], ["neutral", neutral], ["negative", negative]]) {
     if (!count) continue;
-    const part = span(name, `${name} ${(100 * count / (positive + negative)).toFixed(0)} %`);
+    const part = span(name, `${name} ${(100 * count / classified).toFixed(0)} %`);
     part.style.flex = String(count);
     split.append(part);
   }
