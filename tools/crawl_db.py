@@ -68,12 +68,12 @@ def without_tags(text: str) -> str:
 
 
 def note_rows(texts: list[str], count: int, first: int = 0) -> list[dict[str, Any]]:
-    """``count`` rows of ``weibo_note`` (the texts in turn), numbered from ``first``: a post every 7 minutes from
+    """``count`` rows of ``weibo_note`` (the texts in turn), numbered from ``first``: a post every 97 minutes from
     ``FIRST_DAY``, keywords in turn."""
     rows = []
     for number in range(first, first + count):
         text = texts[number % len(texts)]
-        created = FIRST_DAY + datetime.timedelta(minutes=7 * number)
+        created = FIRST_DAY + datetime.timedelta(minutes=97 * number)
         rows.append({"note_id": 4_900_000_000_000_000 + number, "content": without_tags(text),
                      "create_time": int(created.timestamp() * 1000),
                      "create_date_time": created.strftime("%Y-%m-%d %H:%M:%S"), "liked_count": str(number % 97),
@@ -85,7 +85,7 @@ def comment_rows(texts: list[str], count: int, notes: int) -> list[dict[str, Any
     rows = []
     for number in range(count):
         text = texts[number % len(texts)]
-        created = FIRST_DAY + datetime.timedelta(minutes=7 * number + 3)
+        created = FIRST_DAY + datetime.timedelta(minutes=97 * number + 41)
         rows.append({"comment_id": 5_100_000_000_000_000 + number, "note_id": 4_900_000_000_000_000 + number % notes,
                      "content": without_tags(text), "create_time": int(created.timestamp() * 1000),
                      "create_date_time": created.strftime("%Y-%m-%d %H:%M:%S"),

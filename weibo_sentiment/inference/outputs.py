@@ -181,6 +181,25 @@ class PredictionSummary:
                 **{f"{name}_share": share(self.counts[name]) for name in names},
                 "mean_confidence": round(self.mean_confidence, 6) if self.classified else None}  # fmt: skip
 
+    def report(self, most: int = 5) -> dict[str, Any]:
+        """The figures a report quotes, as BettaFish's report prompts phrase them: each class's share of the
+        classified posts in percent (正面X%、负面Y%、中性Z%), the dominant sentiment, and the posts each side was
+        surest of (``most`` of them), with the sentence an LLM-writing step can quote as it stands."""
+        shares = {name: round(100 * self.counts[name] / self.classified, 1) if self.classified else None
+                  for name in (SENTIMENTS[1], NEUTRAL, SENTIMENTS[0])}  # fmt: skip
+        dominant = max(shares, key=lambda name: self.counts[name]) if self.classified else None
+        zh = dict(zip((SENTIMENTS[1], NEUTRAL, SENTIMENTS[0]), ("正面", "中性", "负面")))
+        sentence = ("情感分布比例（" + "、".join(f"{zh[name]}{share}%" for name, share in shares.items()) + "）"
+                    if self.classified else "没有可分析的内容")  # fmt: skip
+        surest = {side: [{"text": text, "confidence": round(confidence, 4)}
+                         for confidence, text in self.surest(side)[:most]] for side in SENTIMENTS}  # fmt: skip
+        return {"posts": self.posts, "classified": self.classified, "empty": self.counts[EMPTY],
+                "counts": {name: self.counts[name] for name in shares}, "shares_percent": shares,
+                "dominant_sentiment": dominant, "dominant_sentiment_zh": zh.get(dominant),
+                "mean_confidence": round(self.mean_confidence, 4) if self.classified else None,
+                "most_negative_posts": surest[SENTIMENTS[0]], "most_positive_posts": surest[SENTIMENTS[1]],
+                "sentence": sentence}  # fmt: skip
+
     def line(self) -> str:
         """``N posts: P positive (x %), Q negative (y %), E empty; mean confidence c``."""
         shares = [f"{self.counts[name]} {name} ({self.counts[name] / self.classified:.1%})" for name in self.sentiments()]

@@ -71,18 +71,19 @@ class SentimentAPI(ls.LitAPI):
         rows = [row.to_dict() for row in self.analyzer.predict(texts)]
         answers, start = [], 0
         for request_texts, single in requests:
-            answers.append((rows[start : start + len(request_texts)], single))
+            answers.append((rows[start : start + len(request_texts)], single, request_texts))
             start += len(request_texts)
         return answers if isinstance(inputs, list) else answers[0]
 
     def unbatch(self, output: list) -> list:
         return output
 
-    def encode_response(self, output: tuple[list[dict[str, Any]], bool]) -> dict[str, Any]:
-        rows, single = output
+    def encode_response(self, output: tuple[list[dict[str, Any]], bool, list[str]]) -> dict[str, Any]:
+        rows, single, texts = output
         if single:
             return rows[0]
-        return {"results": rows, "summary": summarize(rows).as_dict()}
+        summary = summarize(rows, texts)
+        return {"results": rows, "summary": summary.as_dict(), "report": summary.report()}
 
 
 def api_parser():  # noqa: ANN201 - jsonargparse's ArgumentParser

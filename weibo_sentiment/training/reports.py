@@ -114,7 +114,16 @@ def _markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = ("tex
 
 def log_prediction_summary(trainer: pl.Trainer, summary: PredictionSummary) -> None:
     """A prediction run in TensorBoard: posts per sentiment and shares as scalars (``predict/*``), the histogram of
-    ``prob_positive`` and a table of the posts each class was surest of (Text: ``predict/most_confident``)."""
+    ``prob_positive`` and a table of the posts each class was surest of (Text: ``predict/most_confident``); and its
+    report-ready summary (``PredictionSummary.report``) as ``predict_report.json`` in the run's folder."""
+    # The logger's own folder (Trainer.log_dir would be a collective call, and only rank 0 comes here); without a
+    # logger there is no run folder: nothing is written into the user's.
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    if log_dir:
+        run_dir = Path(log_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "predict_report.json").write_text(json.dumps(summary.report(), ensure_ascii=False, indent=2),
+                                                     encoding="utf-8")  # fmt: skip
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             continue
