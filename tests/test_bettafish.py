@@ -43,7 +43,7 @@ def test_the_agents_two_call_sites_get_its_keys_types_and_counts_with_main_pys_p
     assert result.returncode == 0, result.stderr[-3000:]
     expected = read_predictions(tmp_path / "predictions.csv")
 
-    analyzer = WeiboSentimentAnalyzer(model=str(trained["last"]))
+    analyzer = WeiboSentimentAnalyzer(model=str(trained["last"]), neutral_band=False)  # two classes, as main.py's
     assert not analyzer.is_initialized and not analyzer.is_disabled
     analysis = perform_sentiment_analysis(analyzer, rows)
     assert analyzer.is_initialized
@@ -80,13 +80,13 @@ def test_the_agents_two_call_sites_get_its_keys_types_and_counts_with_main_pys_p
     assert batch.average_confidence == pytest.approx(sum(r.confidence for r in labelled) / 38)
     json.dumps([r.__dict__ for r in batch.results], ensure_ascii=False)  # the agent returns them as JSON
 
-    banded = WeiboSentimentAnalyzer(model=str(trained["last"]), neutral_band=(0.3, 0.7))
-    assert banded.initialize()
-    results = banded.analyze_batch(texts, show_progress=False).results
-    for result in results:
-        inside = 0.3 <= result.probability_distribution["正面"] <= 0.7
-        assert (result.sentiment_label == "中性") == inside
-    assert "中性" in banded.get_model_info()["sentiment_levels"]
+    for band, (low, high) in (((0.45, 0.55), (0.45, 0.55)), (None, (0.3, 0.7))):  # asked for; the default
+        banded = WeiboSentimentAnalyzer(model=str(trained["last"]), neutral_band=band)
+        assert banded.initialize() and banded.get_model_info()["neutral_band"] == (low, high)
+        for result in banded.analyze_batch(texts, show_progress=False).results:
+            inside = low <= result.probability_distribution["正面"] <= high
+            assert (result.sentiment_label == "中性") == inside
+        assert "中性" in banded.get_model_info()["sentiment_levels"]
 
 
 def test_a_missing_model_disables_it_with_a_reason_and_texts_pass_through(tmp_path: Path,

@@ -71,7 +71,8 @@ class WeiboSentimentAnalyzer:
         config: a ``main.py`` YAML config (base model, max_length, runtime); default: ``WEIBO_SENTIMENT_CONFIG``.
         runtime: ``torch`` or ``onnxruntime``; quantize: ``int8``; device: ``cpu`` or ``cuda``.
         neutral_band: ``(low, high)`` on the probability of positive: inside it a post is ``中性``; default: the
-            config's ``model.neutral_band``, else none.
+            config's ``model.neutral_band``, else ``settings.DEFAULT_NEUTRAL_BAND`` (0.3, 0.7: where the model is
+            near chance, README Neutral band); ``False``: two classes only.
         batch_size: posts per forward pass at most.
     """
 
@@ -80,7 +81,7 @@ class WeiboSentimentAnalyzer:
     runtime: Optional[str] = None
     quantize: Optional[str] = None
     device: Optional[str] = None
-    neutral_band: Optional[tuple[float, float]] = None
+    neutral_band: Union[tuple[float, float], None, bool] = None
     batch_size: int = 64
     is_initialized: bool = field(default=False, init=False)
     is_disabled: bool = field(default=False, init=False)
@@ -133,7 +134,8 @@ class WeiboSentimentAnalyzer:
 
             self._analyzer = SentimentAnalyzer.load(self.model, config=self.config, runtime=self.runtime,
                                                     quantize=self.quantize, batch_size=self.batch_size,
-                                                    device=self.device or "cpu", neutral_band=self.neutral_band)  # fmt: skip
+                                                    device=self.device or "cpu")  # fmt: skip
+            self._analyzer.neutral_band = self._chosen_band(self._analyzer.neutral_band)
         except ImportError as err:
             self.disable(f"缺少依赖: {err.name or err}，情感分析已禁用。", drop_state=True)
             return False
@@ -258,8 +260,18 @@ class WeiboSentimentAnalyzer:
                 "is_initialized": self.is_initialized, "is_disabled": self.is_disabled,
                 "device": self.device or "cpu"}  # fmt: skip
 
+    def _chosen_band(self, configured: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        """The band asked for, else the config's, else the default; none when asked for ``False``."""
+        from weibo_sentiment.settings import DEFAULT_NEUTRAL_BAND, checked_neutral_band
+
+        if self.neutral_band is False:
+            return None
+        if self.neutral_band is not None and self.neutral_band is not True:
+            return checked_neutral_band(self.neutral_band)
+        return configured or DEFAULT_NEUTRAL_BAND
+
     def _band(self) -> Optional[tuple[float, float]]:
-        return self._analyzer.neutral_band if self._analyzer is not None else self.neutral_band
+        return self._analyzer.neutral_band if self._analyzer is not None else self._chosen_band(None)
 
 
 _default: Optional[WeiboSentimentAnalyzer] = None
