@@ -239,15 +239,17 @@ def draw(rows: list[dict[str, Any]], path: Path, by: str) -> None:
         mine = [row for row in rows if row["group"] == group and row["negative_share"] is not None]
         x = [position[row["period"]] for row in mine]
         label = "" if group == ALL else f"{group}: "
-        shares.plot(x, [100 * row["negative_share"] for row in mine], "-o", color=colour, markersize=3,
-                    label=f"{label}负面 negative")  # fmt: skip
-        shares.plot(x, [100 * row["positive_share"] for row in mine], "--", color=colour, alpha=0.8,
-                    label=f"{label}正面 positive")  # fmt: skip
+        one = len(groups) == 1  # one group: the page's colours for the two sentiments
+        shares.plot(x, [100 * row["negative_share"] for row in mine], "-o", color="#b8322b" if one else colour,
+                    markersize=3, label=f"{label}负面 negative")  # fmt: skip
+        shares.plot(x, [100 * row["positive_share"] for row in mine], "--", color="#1a7f52" if one else colour,
+                    alpha=0.8, label=f"{label}正面 positive")  # fmt: skip
         heights = [0] * len(periods)
         for row in rows:
             if row["group"] == group:
                 heights[position[row["period"]]] = row["posts"]
-        counts.bar(range(len(periods)), heights, bottom=bottom, color=colour, label=group)
+        counts.bar(range(len(periods)), heights, bottom=bottom, color="#6b6f76" if len(groups) == 1 else colour,
+                   label=group)  # fmt: skip
         bottom = [b + h for b, h in zip(bottom, heights)]
     shares.set_ylabel("share of posts 占比 (%)")
     shares.set_ylim(0, 100)
