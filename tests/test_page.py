@@ -192,3 +192,18 @@ def test_the_page_asks_for_the_api_key_once_and_says_when_it_is_wrong(quickstart
     finally:
         browser.quit()
         assert stopped(process, signal.SIGTERM, timeout=60)[0] == 0
+
+
+def test_a_file_with_a_time_column_gets_the_chart_of_sentiment_by_day(page: webdriver.Chrome, tmp_path: Path) -> None:
+    """A MediaCrawler export (its text in "content", create_time in milliseconds): five Beijing days."""
+    day = 86_400_000
+    posts = [{"note_id": str(i), "content": row["review"], "create_time": str(1793491200000 + (i % 5) * day)}
+             for i, row in enumerate(real_rows(20, offset=800))]  # fmt: skip
+    page.find_element(By.ID, "file").send_keys(str(write_csv(tmp_path / "export.csv", posts)))
+    assert len(analyse(page)) == 20
+    assert page.find_element(By.ID, "trend-figure").is_displayed()
+    lines = page.find_elements(By.CSS_SELECTOR, "#trend polyline")
+    assert [line.get_attribute("data-days") for line in lines] == ["5", "5"]
+    bars = page.find_elements(By.CSS_SELECTOR, "#trend rect.trend-posts title")
+    assert [bar.get_attribute("textContent").split(":")[0] for bar in bars] == [f"2026-11-0{d}" for d in range(1, 6)]
+    assert all(bar.get_attribute("textContent").split(": ")[1].startswith("4 posts") for bar in bars)

@@ -43,21 +43,43 @@ function parseDelimited(text, delimiter) {
   return records;
 }
 
+// The post's text: "review" (this project's files) or "content" (MindSpider/MediaCrawler's); a time column, if there
+// is one, gives the chart of sentiment by day.
+const TEXT_COLUMNS = ["review", "content"];
+const TIME_COLUMNS = ["create_time", "create_date_time", "publish_time"];
+const firstOf = (names, has) => names.find(has);
+
 function postsFromTable(text, delimiter, name) {
   const [header, ...records] = parseDelimited(text, delimiter);
   if (!header) throw new PageError(`${name} is empty: expected a header row with a "review" column.`);
-  const review = header.indexOf("review"), id = header.indexOf("id");
+  const review = header.indexOf(firstOf(TEXT_COLUMNS, (c) => header.includes(c))), id = header.indexOf("id");
+  const time = header.indexOf(firstOf(TIME_COLUMNS, (c) => header.includes(c)));
   if (review < 0) throw new PageError(`${name} has no "review" column (its header is: ${header.join(", ")}).`);
-  return records.filter((r) => !(r.length === 1 && r[0] === "")).map((r) => ({ id: id >= 0 ? r[id] || "" : "", text: r[review] || "" }));
+  return records.filter((r) => !(r.length === 1 && r[0] === "")).map((r) => ({
+    id: id >= 0 ? r[id] || "" : "", text: r[review] || "", day: time >= 0 ? dayOf(r[time]) : null }));
+}
+
+// The day (Beijing time, as weibo-sentiment-trend reads epoch times by default) of a time value: seconds or
+// milliseconds since the epoch, or a "2026-11-01 08:00:00" text as written.
+function dayOf(value) {
+  const text = String(value ?? "").trim();
+  if (!text) return null;
+  if (/^\d+(\.\d+)?$/.test(text)) {
+    const number = Number(text), ms = number > 1e11 ? number : number * 1000;
+    return new Date(ms + 8 * 3600e3).toISOString().slice(0, 10);
+  }
+  const match = text.match(/^(\d{4})[-/](\d{1,2})[-/](\d{1,2})/);
+  return match ? `${match[1]}-${match[2].padStart(2, "0")}-${match[3].padStart(2, "0")}` : null;
 }
 
 function postsFromJsonl(text, name) {
   return text.split(/\r?\n/).map((line, i) => [line, i + 1]).filter(([line]) => line.trim()).map(([line, number]) => {
     let record;
     try { record = JSON.parse(line); } catch { throw new PageError(`${name} line ${number} is not valid JSON.`); }
-    if (typeof record !== "object" || record === null || typeof record.review !== "string")
-      throw new PageError(`${name} line ${number} has no "review" text.`);
-    return { id: record.id === undefined ? "" : String(record.id), text: record.review };
+    const field = record && typeof record === "object" ? firstOf(TEXT_COLUMNS, (c) => typeof record[c] === "string") : null;
+    if (!field) throw new PageError(`${name} line ${number} has no "review" text.`);
+    const time = firstOf(TIME_COLUMNS, (c) => record[c] !== undefined && record[c] !== null);
+    return { id: record.id === undefined ? "" : String(record.id), text: record[field], day: time ? dayOf(record[time]) : null };
   });
 }
 
@@ -130,7 +152,7 @@ async function analyse() {
     if (!posts.length) throw new PageError("Nothing to analyse: paste posts (one per line) or choose a file.");
     button.disabled = true;
     summary = {};
-    rows = posts.map((post, position) => ({ position, id: post.id, text: post.text, truncated: post.text.length > settings.maxChars }));
+    rows = posts.map((post, position) => ({ position, id: post.id, text: post.text, day: post.day || null, truncated: post.text.length > settings.maxChars }));
     const labelled = rows.filter((row) => row.text.trim());
     const progress = $("progress");
     progress.hidden = false;
@@ -185,6 +207,60 @@ function renderSummary() {
     split.append(part);
   }
   drawHistogram(rows.filter((r) => r.confidence !== null).map((r) => r.confidence));
+  drawTrend();
+}
+
+// Shares of negative and positive posts per day (when the input has a time column), above the posts per day: the
+// chart weibo-sentiment-trend draws, for the posts on this page.
+function drawTrend() {
+  const figure = $("trend-figure"), svg = $("trend");
+  const byDay = new Map();
+  for (const row of rows) {
+    if (!row.day || !["positive", "negative", "neutral"].includes(row.sentiment)) continue;
+    const counts = byDay.get(row.day) || { positive: 0, negative: 0, neutral: 0 };
+    counts[row.sentiment] += 1;
+    byDay.set(row.day, counts);
+  }
+  figure.hidden = byDay.size === 0;
+  svg.innerHTML = "";
+  if (!byDay.size) return;
+  const days = [...byDay.keys()].sort(), width = 640, top = 10, shareHeight = 120, barTop = 150, barHeight = 40, left = 34;
+  const step = days.length > 1 ? (width - left - 10) / (days.length - 1) : 0;
+  const x = (i) => left + (days.length > 1 ? i * step : (width - left) / 2);
+  const most = Math.max(...days.map((d) => Object.values(byDay.get(d)).reduce((a, b) => a + b, 0)));
+  const element = (name, attributes) => {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", name);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+    return node;
+  };
+  for (const share of [0, 50, 100]) {
+    const y = top + shareHeight * (1 - share / 100);
+    svg.append(element("line", { x1: left, x2: width - 10, y1: y, y2: y, class: "grid" }));
+    const label = element("text", { x: left - 4, y: y + 3, "text-anchor": "end", class: "axis" });
+    label.textContent = `${share}%`;
+    svg.append(label);
+  }
+  for (const sentiment of ["negative", "positive"]) {
+    const points = days.map((day, i) => {
+      const c = byDay.get(day), total = c.positive + c.negative + c.neutral;
+      return `${x(i).toFixed(1)},${(top + shareHeight * (1 - c[sentiment] / total)).toFixed(1)}`;
+    });
+    svg.append(element("polyline", { points: points.join(" "), class: `trend-${sentiment}`, "data-days": days.length }));
+  }
+  days.forEach((day, i) => {
+    const c = byDay.get(day), total = c.positive + c.negative + c.neutral, height = barHeight * total / most;
+    const bar = element("rect", { x: x(i) - 3, y: barTop + barHeight - height, width: 6, height, class: "trend-posts" });
+    const title = element("title", {});
+    title.textContent = `${day}: ${total} posts, ${c.negative} negative, ${c.positive} positive` + (c.neutral ? `, ${c.neutral} neutral` : "");
+    bar.append(title);
+    svg.append(bar);
+  });
+  for (const i of new Set([0, days.length - 1])) {
+    const label = element("text", { x: x(i), y: barTop + barHeight + 12, "text-anchor": i ? "end" : "start", class: "axis" });
+    label.textContent = days[i];
+    svg.append(label);
+  }
+  svg.setAttribute("aria-label", `Share of negative and positive posts on ${days.length} days, from ${days[0]} to ${days[days.length - 1]}`);
 }
 
 function drawHistogram(values) {
