@@ -68,6 +68,24 @@ def test_predict_writes_one_row_per_post_in_input_order(trained: dict, tiny_gpt2
     assert len({r["label"] for r in rows}) == 2  # a trained model, not a constant
 
 
+def test_a_neutral_band_marks_posts_inside_it_and_the_run_leaves_a_report(trained: dict, tiny_gpt2: str,
+                                                                          posts_csv: Path, tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "predictions.csv"
+    main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]), "--model.neutral_band",
+                  "[0.45,0.55]", "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))  # fmt: skip
+    rows = read_predictions(out)
+    for row in rows:
+        p = float(row["prob_positive"])
+        assert row["label"] == str(int(p > 0.5))  # the model's label, whatever the band
+        assert (row["sentiment"] == "neutral") == (0.45 <= p <= 0.55)
+    report = json.loads((tmp_path / "lightning_logs" / "version_0" / "predict_report.json").read_text(encoding="utf-8"))
+    counts = {name: sum(row["sentiment"] == name for row in rows) for name in ("positive", "neutral", "negative")}
+    assert report["counts"] == counts and report["posts"] == len(rows)
+    assert report["sentence"] == "情感分布比例（" + "、".join(
+        f"{zh}{round(100 * counts[name] / len(rows), 1)}%" for name, zh in (("positive", "正面"), ("neutral", "中性"),
+                                                                           ("negative", "负面"))) + "）"  # fmt: skip
+
+
 def test_predict_from_the_exported_adapter_equals_predict_from_the_checkpoint(
     trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path
 ) -> None:
