@@ -5,12 +5,12 @@ line on the console, and the same in the run's TensorBoard folder."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 import heapq
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -105,7 +105,7 @@ class PredictionWriter(BasePredictionWriter):
         self._window: list[tuple[int, dict[str, Any]]] = []  # (position, row) of the window being predicted
         if self._labels is not None:
             self._labels.location = replace(self._labels.location, model=pl_module.trained_model_id())
-            self.with_id, self._rows, self._chunks = True, None, 0
+            self.with_id, self._rows = True, None
             self._follow = getattr(trainer.datamodule, "follow", None) is not None
             return
         self.target = self._target(trainer)
@@ -148,7 +148,6 @@ class PredictionWriter(BasePredictionWriter):
             self._labels.write(rows)
             self._count(rows)
             if self._follow and rows:
-                self._chunks += 1
                 print(f"{self._labels.source_table}: {len(rows)} more posts labelled ({self.summary.posts} in all)",
                       flush=True)  # fmt: skip
         elif self._rows is not None:
