@@ -32,6 +32,7 @@ def imported_by(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("entry_point", ["weibo_sentiment", "weibo_sentiment.serve", "weibo_sentiment.console",
+                                         "weibo_sentiment.bettafish", "weibo_sentiment.trend",
                                          "weibo_sentiment.export", *modules_of("inference"), *modules_of("serving")])
 def test_inference_serving_and_their_entry_points_import_no_training_code_lightning_or_matplotlib(entry_point: str
                                                                                                  ) -> None:  # fmt: skip
