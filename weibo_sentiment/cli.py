@@ -228,13 +228,15 @@ class SentimentCLI(LightningCLI):
         logger = self.trainer.logger
         run_dir = Path(logger.log_dir) if isinstance(logger, TensorBoardLogger) else None
         new_run = run_dir is not None and not run_dir.exists()
+        new_logs_dir = run_dir is not None and not run_dir.parent.exists()
         try:
             yield
         except BaseException as err:
             if (STOP.signum is not None or isinstance(err, UserError)) and new_run and self.trainer.is_global_zero:
                 shutil.rmtree(run_dir, ignore_errors=True)
-                with suppress(OSError):  # lightning_logs too, if this run made it and left it empty
-                    run_dir.parent.rmdir()
+                if new_logs_dir:  # lightning_logs too, when this run made it (and so it holds nothing else)
+                    with suppress(OSError):
+                        run_dir.parent.rmdir()
             raise
 
     def validate(self, **kwargs: Any) -> None:
