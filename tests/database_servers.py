@@ -212,5 +212,7 @@ def removed_when_this_process_ends(server: Server) -> None:
         stop = f"kill $(cat {pid_file}); sleep 5; kill -9 $(cat {pid_file})"
     script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; "
               f"rm -rf {server.directory}")
+    # Not marked as a process of this test session (conftest.SESSION_MARK): it is meant to outlive the session.
+    env = {name: value for name, value in os.environ.items() if name != "WEIBO_SENTIMENT_TEST_SESSION"}
     subprocess.Popen(["bash", "-c", script], start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 MODEL_VARIABLE, CONFIG_VARIABLE = "WEIBO_SENTIMENT_MODEL", "WEIBO_SENTIMENT_CONFIG"
 LABELS = {"negative": "负面", "positive": "正面", "neutral": "中性"}
 NOT_PERFORMED = "情感分析未执行"
-PROGRESS_CHUNK = 512  # posts labelled between two progress lines of analyze_batch (each a few length-sorted batches)
+PROGRESS_CHUNK = 2048  # posts per progress line of analyze_batch: sorted by length together, as main.py predict sorts a window
 TEXT_FIELDS = ("title_or_content", "content", "title", "text")  # tried after text_field, as BettaFish's own does
 
 

@@ -351,9 +351,15 @@ class DatabasePosts:
         names = list(connection.execute(sa.text(f"SELECT * FROM ({self.query}) AS posts WHERE 1 = 0")).keys())
         return sa.text(self.query).columns(*[sa.column(name) for name in names]).subquery("posts")
 
-    def _statement(self, connection: Any, count: bool = False, first: bool = False) -> Any:
-        """The rows to read, a page of them after the key bound as ``:after`` (``first``: the first page), or
-        (``count``) how many there are."""
+    def _queries(self, connection: Any) -> dict[str, Any]:
+        """The statements a run reads with: ``first`` and ``next`` (a page of keys and ids, after the key bound as
+        ``:after``), ``labelled`` (which of a page's ids this model has labelled), ``posts`` (the rows of some keys),
+        ``count`` (how many rows the run reads).
+
+        Which rows are labelled is asked per page, by id, of the labels table's primary key, rather than in one
+        anti-join (``NOT EXISTS``) with the page: PostgreSQL planned that join as a hash of every label per page,
+        10 times slower than reading the page itself (3.0 s against 0.23 s for 10,000 rows, half of them labelled).
+        The texts are then read for the unlabelled rows only."""
         import sqlalchemy as sa
 
         metadata = sa.MetaData()
@@ -364,17 +370,35 @@ class DatabasePosts:
             conditions.append(post_id.is_not(None))  # a row without an id cannot be told apart in the labels table
         if self.world_size > 1:
             conditions.append(key % self.world_size == self.rank)
+        labels = None
         if self.labels is not None and sa.inspect(connection).has_table(self.labels.table):
             labels = labels_table_definition(self.labels.table, metadata)
-            conditions.append(~sa.exists().where(labels.c.source_table == self.source_table,
-                                                 labels.c.model == self.labels.model,
-                                                 labels.c.source_id == sa.cast(post_id, sa.String)))  # fmt: skip
-        if count:
-            return sa.select(sa.func.count()).select_from(source).where(*conditions)
-        kept = [source.c[name] for name in self.keep_columns]
-        if not first:
-            conditions.append(key > sa.bindparam("after"))
-        return sa.select(key, post_id, text, *kept).where(*conditions).order_by(key).limit(PAGE_ROWS)
+        columns = (key, post_id) if labels is not None else (key, post_id, text, *[source.c[n] for n in self.keep_columns])
+        page = sa.select(*columns).order_by(key).limit(PAGE_ROWS)
+        queries = {"first": page.where(*conditions), "next": page.where(*conditions, key > sa.bindparam("after"))}
+        counted = list(conditions)
+        if labels is not None:
+            mine = (labels.c.source_table == self.source_table, labels.c.model == self.labels.model)
+            queries["labelled"] = sa.select(labels.c.source_id).where(
+                *mine, labels.c.source_id.in_(sa.bindparam("ids", expanding=True)))  # fmt: skip
+            queries["posts"] = (sa.select(key, post_id, text, *[source.c[n] for n in self.keep_columns])
+                                .where(key.in_(sa.bindparam("keys", expanding=True))).order_by(key))  # fmt: skip
+            counted.append(~sa.exists().where(*mine, labels.c.source_id == sa.cast(post_id, sa.String)))
+        queries["count"] = sa.select(sa.func.count()).select_from(source).where(*counted)
+        return queries
+
+    def _page(self, connection: Any, queries: dict[str, Any], after: Any) -> tuple[list[Any], Any, bool]:
+        """The next page's rows not labelled yet (key, id, text, kept columns), the page's last key, and whether
+        the page was full (if not, the reader has caught up with the table)."""
+        page = connection.execute(queries["first"] if after is None else queries["next"], {"after": after}).all()
+        full = len(page) == PAGE_ROWS
+        if not page or "labelled" not in queries:
+            return page, page[-1][0] if page else after, full
+        ids = [str(row[1]) for row in page]
+        done = set(connection.execute(queries["labelled"], {"ids": ids}).scalars())
+        keys = [row[0] for row, post in zip(page, ids) if post not in done]
+        rows = connection.execute(queries["posts"], {"keys": keys}).all() if keys else []
+        return rows, page[-1][0], full
 
     def count(self) -> Optional[int]:
         """How many rows a run reads (this process's share, not labelled yet); ``None`` when following a crawl."""
@@ -385,7 +409,7 @@ class DatabasePosts:
         engine = open_database(self.url)
         try:
             with engine.connect() as connection:
-                return int(connection.execute(self._statement(connection, count=True)).scalar_one())
+                return int(connection.execute(self._queries(connection)["count"]).scalar_one())
         except sa.exc.DBAPIError as err:
             raise database_error(self.url, err, f"counting the rows of {self.source_table}") from None
         finally:
@@ -405,23 +429,21 @@ class DatabasePosts:
         doing = f"reading {self.source_table}"
         try:
             with engine.connect() as connection:
-                first, following = self._statement(connection, first=True), self._statement(connection)
+                queries = self._queries(connection)
             after: Any = None
             window: list[Post] = []
             while True:
                 try:
                     with engine.connect() as connection:
-                        rows = connection.execute(first if after is None else following, {"after": after}).all()
+                        rows, after, full = self._page(connection, queries, after)
                 except sa.exc.DBAPIError as err:
                     raise UserError(f"{database_error(self.url, err, doing)}; the labels written so far are kept: "
                                     "run the same command again to label the rest") from None  # fmt: skip
-                for row in rows:
-                    after = row[0]
-                    window.append(Post(row[2] or "", None, str(row[1]), dict(zip(self.keep_columns, row[3:]))))
+                window += [Post(row[2] or "", None, str(row[1]), dict(zip(self.keep_columns, row[3:]))) for row in rows]
                 while len(window) >= size:
                     yield window[:size]
                     window = window[size:]
-                if len(rows) < PAGE_ROWS:  # caught up with the table
+                if not full:  # caught up with the table
                     if window:
                         yield window
                         window = []
