@@ -195,6 +195,8 @@ class LabelsTable:
 
         self.location, self.source_table = location, source_table
         self.engine = open_database(location.url)
+        self._executor: Any = None
+        self._pending: Any = None
         self.table = labels_table_definition(location.table, sa.MetaData())
 
     def create(self) -> None:
@@ -246,7 +248,27 @@ class LabelsTable:
             raise UserError(f"{database_error(self.location.url, err, f'writing labels to {self.location.table}')}; "
                             "the chunks written before are kept: run the same command again to label the rest") from None
 
+    def write_behind(self, rows: Sequence[dict[str, Any]]) -> None:
+        """:meth:`write` in a thread of its own, so the model labels the next chunk meanwhile; first waits for the
+        chunk before (raising its error, if it failed). :meth:`finish` waits for the last. A stopped run's chunk in
+        hand is still one transaction: the interpreter waits for the thread at exit (committed whole), a killed
+        process's connection drops (rolled back whole)."""
+        self.finish()
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels-writer")
+        self._pending = self._executor.submit(self.write, list(rows))
+
+    def finish(self) -> None:
+        """Wait for the chunk being written; its error, if it failed."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
+        if getattr(self, "_executor", None) is not None:
+            self._executor.shutdown(wait=True)
         self.engine.dispose()
 
 

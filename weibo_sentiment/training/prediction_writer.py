@@ -145,7 +145,7 @@ class PredictionWriter(BasePredictionWriter):
         self._window.sort(key=lambda item: item[0])
         if self._labels is not None:
             rows = [row for _, row in self._window]
-            self._labels.write(rows)
+            self._labels.write_behind(rows)  # while the model labels the next window
             self._count(rows)
             if self._follow and rows:
                 print(f"{self._labels.source_table}: {len(rows)} more posts labelled ({self.summary.posts} in all)",
@@ -194,7 +194,10 @@ class PredictionWriter(BasePredictionWriter):
     def _end_labelling(self, trainer: pl.Trainer) -> None:
         """Labels in a database: every process wrote its own; rank 0 says what all of them labelled."""
         labels, self._labels = self._labels, None
-        labels.close()
+        try:
+            labels.finish()
+        finally:
+            labels.close()
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             summaries: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(summaries, self.summary)
