@@ -262,14 +262,21 @@ class LabelsTable:
 
     def finish(self) -> None:
         """Wait for the chunk being written; its error, if it failed."""
-        pending, self._pending = getattr(self, "_pending", None), None
+        pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
 
     def close(self) -> None:
-        if getattr(self, "_executor", None) is not None:
+        if self._executor is not None:
             self._executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+def _query_columns(connection: Any, query: str) -> list[str]:
+    """The column names a SELECT gives, asked of the database without reading a row."""
+    import sqlalchemy as sa
+
+    return list(connection.execute(sa.text(f"SELECT * FROM ({query}) AS posts WHERE 1 = 0")).keys())
 
 
 # ---- reading posts ----------------------------------------------------------------------------------------------
@@ -348,7 +355,7 @@ class DatabasePosts:
                 return ([c["name"] for c in columns], primary[0] if len(primary) == 1 else None,
                         {c["name"]: c["type"] for c in columns})  # fmt: skip
             with engine.connect() as connection:
-                names = list(connection.execute(sa.text(f"SELECT * FROM ({query}) AS posts WHERE 1 = 0")).keys())
+                names = _query_columns(connection, query)
             return names, None, {}
         except sa.exc.DBAPIError as err:
             raise database_error(url, err, "running the query" if query else f"reading the table {table}") from None
@@ -370,7 +377,7 @@ class DatabasePosts:
 
         if self.query is None:
             return sa.Table(self.table, metadata, autoload_with=connection)
-        names = list(connection.execute(sa.text(f"SELECT * FROM ({self.query}) AS posts WHERE 1 = 0")).keys())
+        names = _query_columns(connection, self.query)
         return sa.text(self.query).columns(*[sa.column(name) for name in names]).subquery("posts")
 
     def _queries(self, connection: Any) -> dict[str, Any]:

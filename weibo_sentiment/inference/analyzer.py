@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from weibo_sentiment.data.database import LABELS_TABLE
 from weibo_sentiment.inference.model_source import ModelSource, is_exported, source_of_path
 
 
@@ -168,7 +169,7 @@ class SentimentAnalyzer:
         query: Optional[str] = None,
         text_column: str = "content",
         id_column: Optional[str] = None,
-        labels_table: str = "weibo_sentiment_labels",
+        labels_table: str = LABELS_TABLE,
         window: int = 2048,
     ) -> Any:
         """Label the posts of a database table (or SELECT) that this model has not labelled yet, into a labels table
