@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,6 +45,7 @@ BENCHMARKS = ROOT / "benchmarks"
 CONFIG = ROOT / "configs" / "gpt2_chinese_lora.yaml"
 POSTS = ROOT / "data" / "sample" / "weibo_senti_4k.csv"
 MAX_LENGTH = 128  # the original recipe pads every post to this
+STAGES = ("train", "predict", "api", "memory")  # what a run measures, in the order it runs them
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 PEAK_WIDTH = 768  # the machine's matmul peak is measured on the real model's shapes, whatever model is benchmarked
 # Our fit runs no validation (limit_val_batches 0), so val_f1_mean, which the config's EarlyStopping and checkpoint
@@ -192,32 +194,71 @@ def reference_predict(spec: dict[str, Any]) -> dict[str, Any]:
             "real_tokens": real_tokens, "padded_tokens": len(posts) * MAX_LENGTH, "rows": rows}  # fmt: skip
 
 
+def _best_rate(run: Any, operations: float, repeats: int) -> float:
+    """The best of ``repeats`` timed windows of about 0.2 s each (after a warm-up), in operations per second / 1e9.
+
+    A peak is what the machine can do: the best window, not the median (other work only ever slows a window)."""
+    for _ in range(3):  # warm-up: oneDNN/MKL/MLAS pick and cache their kernels
+        run()
+    start, iterations = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.2:
+        run()
+        iterations += 1
+    per_repeat, best = max(1, iterations), 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(per_repeat):
+            run()
+        best = max(best, operations * per_repeat / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _dynamic_int8_matmul(m: int, k: int, n: int, threads: int) -> Any:
+    """One ``DynamicQuantizeMatMul`` (float A quantised per call, int8 B): the kernel onnxruntime runs for every
+    projection of our int8 model once its graph optimiser has fused DynamicQuantizeLinear + MatMulInteger."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).integers(-127, 128, (k, n), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeMatMul", ["a", "b", "b_scale", "b_zero"], ["y"], domain="com.microsoft")],
+        "int8_peak", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(weights, "b"), numpy_helper.from_array(np.array(0.01, np.float32), "b_scale"),
+         numpy_helper.from_array(np.array(0, np.int8), "b_zero")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)}
+    return lambda: session.run(None, feed)
+
+
 def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
-    """fp32 ``torch.mm`` GFLOP/s on the shapes of the real model's projections (tokens x 768 @ 768 x 3072, ...)."""
+    """The machine's matrix-multiply peaks on the real model's projection shapes (tokens x 768 @ 768 x 2304, ...):
+    fp32 and (where the CPU has it natively) bf16 through ``torch.mm``, int8 through onnxruntime's
+    ``DynamicQuantizeMatMul``; each the best window of several on its best shape."""
     import torch
 
     width, tokens = PEAK_WIDTH, 2048
-    shapes = [(tokens, width, 4 * width), (tokens, width, width), (tokens, 4 * width, width)]
-    results = {}
+    shapes = [(tokens, width, 3 * width), (tokens, width, width), (tokens, width, 4 * width), (tokens, 4 * width, width)]
+    kinds = ["fp32", "int8"] + (["bf16"] if spec.get("native_bf16") else [])
+    by_kind: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
     for m, k, n in shapes:
-        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-        for _ in range(3):  # warm-up: oneDNN/MKL pick and cache their kernels
-            torch.mm(a, b, out=out)
-        start, iterations = time.perf_counter(), 0
-        while time.perf_counter() - start < 0.2:
-            torch.mm(a, b, out=out)
-            iterations += 1
-        per_repeat = max(1, iterations)  # about 0.2 s per timed repeat
-        rates = []
-        for _ in range(spec["repeats"]):
-            start = time.perf_counter()
-            for _ in range(per_repeat):
-                torch.mm(a, b, out=out)
-            rates.append(2 * m * k * n * per_repeat / (time.perf_counter() - start) / 1e9)
-        results[f"({m}x{k})@({k}x{n})"] = statistics.median(rates)
-    best = max(results, key=results.get)
-    return {"torch_threads": torch.get_num_threads(), "gflops_by_shape": results, "best_shape": best,
-            "peak_gflops": results[best]}  # fmt: skip
+        name, operations = f"({m}x{k})@({k}x{n})", 2 * m * k * n
+        for kind in kinds:
+            if kind == "int8":
+                run = _dynamic_int8_matmul(m, k, n, torch.get_num_threads())
+            else:
+                dtype = torch.float32 if kind == "fp32" else torch.bfloat16
+                a, b, out = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype)
+                run = partial(torch.mm, a, b, out=out)
+            by_kind[kind][name] = _best_rate(run, operations, spec["repeats"])
+    peaks = {kind: max(rates.values()) for kind, rates in by_kind.items()}
+    best = {kind: max(rates, key=rates.get) for kind, rates in by_kind.items()}
+    return {"torch_threads": torch.get_num_threads(), "by_shape": by_kind, "best_shape": best, "peaks": peaks,
+            "peak_gflops": peaks["fp32"]}  # fmt: skip
 
 
 def cpu_info(spec: dict[str, Any]) -> dict[str, Any]:
@@ -455,7 +496,8 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     # parent's peak (exec records the memory it replaces), so a big driver would raise every figure to its own.
     runner = Runner(work, args.threads)
     _, cpu = runner.worker("cpu-info", {})
-    results: dict[str, Any] = {"settings": asdict(settings), "machine": machine_info(args.threads, cpu), "notes": []}
+    results: dict[str, Any] = {"settings": asdict(settings), "machine": machine_info(args.threads, cpu), "notes": [],
+                               "stages": args.stages}  # fmt: skip
     notes = results["notes"]
     print(f"CPU: {cpu['description']}")
 
@@ -490,17 +532,29 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
                      "the bf16 modes were not run")  # fmt: skip
 
     print("matrix-multiply peak")
-    _, results["matmul"] = runner.worker("matmul-peak", {"repeats": settings.matmul_repeats})
+    _, results["matmul"] = runner.worker("matmul-peak", {"repeats": settings.matmul_repeats,
+                                                         "native_bf16": cpu["native_bf16"]})  # fmt: skip
+    peaks = results["matmul"]["peaks"]
+    print("  peaks: " + ", ".join(f"{kind} {rate:.0f} G{'OP' if kind == 'int8' else 'FLOP'}/s"
+                                  for kind, rate in peaks.items()))  # fmt: skip
 
     # ---- reference and ours, alternating, on the same posts ------------------------------------------------------
     runs: list[dict[str, Any]] = [{"train": {}, "predict": {}, "agreement": {}} for _ in range(settings.repeats)]
     adapter = work / "reference-adapter"  # what every predict run labels with: the first reference training's
     for repeat, run in enumerate(runs):
-        print(f"training, repeat {repeat + 1} of {settings.repeats}")
+        if "train" not in args.stages and repeat > 0:
+            break  # one reference training all the same: it makes the adapter that prediction labels with
+        print(f"training, repeat {repeat + 1} of {settings.repeats}" if "train" in args.stages else
+              "training the reference once, untimed: its adapter is what prediction labels with")  # fmt: skip
         child, report = runner.worker("reference-train", {"model": model_dir, "train_path": str(args.posts),
                                                           "steps": steps, "warmup_steps": settings.warmup_steps,
                                                           "adapter_out": str(adapter if repeat == 0 else
                                                                              work / f"adapter-{repeat}")})  # fmt: skip
+        if repeat == 0:  # the model's size and the corpus's mean length, whichever stages run
+            results["model_figures"] = {key: report[key] for key in ("non_embedding_parameters",
+                                                                     "corpus_real_tokens_per_post")}  # fmt: skip
+        if "train" not in args.stages:
+            break
         run["train"]["reference"] = {**asdict(child), **report}
         for mode, extra in fits.items():
             root = work / f"ours-fit-{repeat}-{mode}"
@@ -513,12 +567,12 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     # The first onnxruntime run of a model exports it into the cache: timed apart, as what a first run costs.
     print("onnxruntime: first runs, which export the model (fp32, then int8 from it)")
     results["first_runs"] = {}
-    for mode, extra in modes.items():
+    for mode, extra in (modes if "predict" in args.stages else {}).items():
         if "onnxruntime" in mode:
             child, report = runner.main_py(f"first-{mode.replace(' ', '-')}", [*predict_args, "--predict_writer."
                                            "output_path", str(work / "first.csv"), *extra])  # fmt: skip
             results["first_runs"][mode] = {**asdict(child), **report}
-    for repeat, run in enumerate(runs):
+    for repeat, run in enumerate(runs if "predict" in args.stages else []):
         print(f"prediction, repeat {repeat + 1} of {settings.repeats}")
         child, report = runner.worker("reference-predict", {"model": model_dir, "adapter": str(adapter),
                                                             "predict_path": str(predict_path)})  # fmt: skip
@@ -536,13 +590,31 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
 
     # ---- the API: today's mode (torch fp32) against the fastest, alternating ----------------------------------
     try:
-        results["api"] = api_throughput(runner, work, model_dir, str(adapter), settings, cpu)
+        results["api"] = api_throughput(runner, work, model_dir, str(adapter), settings, cpu) if "api" in args.stages else {}
     except Exception as err:  # the rest of the figures are worth keeping
         results["api"] = {}
         notes.append(f"the API comparison failed: {type(err).__name__}: {err}")
     save_partial(args, results)
 
-    # ---- memory against input size: a tiny model, so a million lines take minutes ------------------------------
+    results["memory"] = memory_against_input_size(runner, work, common, texts, settings) if "memory" in args.stages else {}
+    results["load_average_at_end"] = os.getloadavg()[0]
+    # The floor under every child's peak RSS (see above): should be small.
+    results["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    threads = {report["torch_threads"] for run in runs for stage in ("train", "predict")
+               for report in run[stage].values()}  # fmt: skip
+    if results["machine"]["load_average_at_start"] > 0.5 * (os.cpu_count() or 1):
+        notes.append(f"the 1-minute load average was {results['machine']['load_average_at_start']:.1f} when the run "
+                     "started: unless that was a run that had just ended, other work shared the machine, and the "
+                     "figures are low and noisy")
+    if threads - {args.threads}:
+        notes.append(f"torch threads differed between the processes: {sorted(threads)}, asked for {args.threads}")
+    results["summary"] = summarise(results)
+    return results
+
+
+def memory_against_input_size(runner: Runner, work: Path, common: list[str], texts: list[str],
+                              settings: Settings) -> dict[str, Any]:  # fmt: skip
+    """Predict's peak memory with a small and a large input: a tiny model, so a million lines take minutes."""
     # One thread: this part measures memory, not speed, and a tiny model's small operations only lose from a
     # second thread (badly so when anything else runs on the machine and OpenMP threads wait for each other).
     small, large = settings.memory_lines
@@ -566,23 +638,10 @@ def run_benchmark(args: argparse.Namespace, settings: Settings, work: Path) -> d
     quarter = samples[-1][0] / 4 if samples else 0
     early = [mb for t, mb in samples if quarter < t <= 2 * quarter] or [0.0]
     late = [mb for t, mb in samples if t > 2 * quarter] or [0.0]
-    results["memory"] = {"small_lines": small, "large_lines": large, "small": memory[small], "large": memory[large],
-                         "rss_ratio": memory[large]["peak_rss_mb"] / memory[small]["peak_rss_mb"],
-                         "tree_ratio": memory[large]["peak_tree_mb"] / memory[small]["peak_tree_mb"],
-                         "large_second_quarter_peak_mb": max(early), "large_second_half_peak_mb": max(late)}
-    results["load_average_at_end"] = os.getloadavg()[0]
-    # The floor under every child's peak RSS (see above): should be small.
-    results["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    threads = {report["torch_threads"] for run in runs for stage in ("train", "predict")
-               for report in run[stage].values()}  # fmt: skip
-    if results["machine"]["load_average_at_start"] > 0.5 * (os.cpu_count() or 1):
-        notes.append(f"the 1-minute load average was {results['machine']['load_average_at_start']:.1f} when the run "
-                     "started: unless that was a run that had just ended, other work shared the machine, and the "
-                     "figures are low and noisy")
-    if threads != {args.threads}:
-        notes.append(f"torch threads differed between the processes: {sorted(threads)}, asked for {args.threads}")
-    results["summary"] = summarise(results)
-    return results
+    return {"small_lines": small, "large_lines": large, "small": memory[small], "large": memory[large],
+            "rss_ratio": memory[large]["peak_rss_mb"] / memory[small]["peak_rss_mb"],
+            "tree_ratio": memory[large]["peak_tree_mb"] / memory[small]["peak_tree_mb"],
+            "large_second_quarter_peak_mb": max(early), "large_second_half_peak_mb": max(late)}
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -675,23 +734,31 @@ def figures(report: dict[str, Any], unit: str, flops_per_token: int) -> dict[str
     }
 
 
+def peak_kind(side: str) -> str:
+    """Which of the machine's matmul peaks limits a side: int8 and bf16 modes by their own, the rest by fp32's."""
+    return next((kind for kind in ("int8", "bf16") if kind in side), "fp32")
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Medians over the repeats, FLOP/s from the model's non-embedding parameters and the real tokens."""
     runs = results["runs"]
-    params = runs[0]["train"]["reference"]["non_embedding_parameters"]
-    peak = results["matmul"]["peak_gflops"]
+    params = results["model_figures"]["non_embedding_parameters"]
+    peaks = results["matmul"]["peaks"]
     # Forward ~ 2 FLOPs per parameter per token (attention's own T^2 term ignored); training with a frozen
     # backbone ~ 2 x forward (backward through the activations, no weight gradients but LoRA's).
     flops_per_token = {"train": 4 * params, "predict": 2 * params}
-    corpus_mean = runs[0]["train"]["reference"]["corpus_real_tokens_per_post"]
-    summary: dict[str, Any] = {"non_embedding_parameters": params, "peak_gflops": peak,
+    corpus_mean = results["model_figures"]["corpus_real_tokens_per_post"]
+    summary: dict[str, Any] = {"non_embedding_parameters": params, "peaks": peaks,
                                "corpus_real_tokens_per_post": corpus_mean}  # fmt: skip
     for stage, unit in (("train", "samples"), ("predict", "posts")):
         summary[stage] = {}
         for side in runs[0][stage]:
-            per_run = [figures(run[stage][side], unit, flops_per_token[stage]) for run in runs]
+            per_run = [figures(run[stage][side], unit, flops_per_token[stage]) for run in runs if run[stage]]
             summary[stage][side] = {key: statistics.median(f[key] for f in per_run) for key in per_run[0]}
-            summary[stage][side]["share_of_peak"] = summary[stage][side]["gflops"] / peak
+            # Each mode against the peak of the units it computes on: int8 and bf16 run on faster ones than fp32.
+            kind = peak_kind(side)
+            summary[stage][side]["peak_kind"] = kind
+            summary[stage][side]["share_of_peak"] = summary[stage][side]["gflops"] / peaks[kind]
     # Our batches are grouped by length, so a stretch of 16 batches holds ~16 independent lengths, not 256: its
     # mean post length strays from the corpus's by ~10-20 %. Our cost per post follows its length, the reference's
     # does not (always 128 tokens), so ours at the corpus's mean length is its real tokens/s over that mean.
@@ -702,13 +769,14 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         mode: {"same_label": sum(run["agreement"][mode]["same_label"] for run in runs),
                "posts": sum(run["agreement"][mode]["posts"] for run in runs),
                "max_abs_prob_diff": max(run["agreement"][mode]["max_abs_prob_diff"] or 0 for run in runs)}
-        for mode in runs[0]["agreement"]
+        for mode in runs[0]["agreement"] if all(run["agreement"] for run in runs)
     }  # fmt: skip
     return summary
 
 
 def table(results: dict[str, Any]) -> str:
     s, machine, memory, api = results["summary"], results["machine"], results["memory"], results["api"]
+    peaks = results["matmul"]["peaks"]
 
     def num(value: Optional[float], digits: int = 1) -> str:
         return "—" if value is None else f"{value:,.{digits}f}"
@@ -723,14 +791,19 @@ def table(results: dict[str, Any]) -> str:
          f"{machine['load_average_at_start']:.1f} at the start, {results['load_average_at_end']:.1f} at the end"),
         (f"`{machine['command']}`; model: {results['model']}, "
          f"{s['non_embedding_parameters'] / 1e6:.1f} M non-embedding parameters; medians of "
-         f"{results['settings']['repeats']} alternating repeat(s); fp32 matmul peak "
-         f"{results['matmul']['peak_gflops']:.0f} GFLOP/s ({results['matmul']['best_shape']})"),
+         f"{results['settings']['repeats']} alternating repeat(s); stages: {', '.join(results['stages'])}"),
+        ("matmul peaks (best shape, best of several windows): " + ", ".join(
+            f"{kind} {rate:.0f} G{'OP' if kind == 'int8' else 'FLOP'}/s {results['matmul']['best_shape'][kind]}"
+            + (" (onnxruntime DynamicQuantizeMatMul)" if kind == "int8" else " (torch.mm)")
+            for kind, rate in peaks.items())),
         "",
-        "| stage | side / mode | posts or samples/s | × reference | padding | GFLOP/s (% of fp32 peak) | "
+        "| stage | side / mode | posts or samples/s | × reference | padding | GFLOP/s (% of its peak) | "
         "peak MB (with workers) | same label as the reference | max \\|Δ prob\\| |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for stage, unit in (("train", "samples"), ("predict", "posts")):
+        if not s[stage]:
+            continue
         reference = s[stage]["reference"][f"{unit}_per_s"]
         for side, f in s[stage].items():
             rate = num(f[f"{unit}_per_s"], 2)
@@ -741,7 +814,7 @@ def table(results: dict[str, Any]) -> str:
             agreement = f"{agree['same_label']} of {agree['posts']} ({agree['same_label'] / agree['posts']:.1%})" if agree else ""
             diff = f"{agree['max_abs_prob_diff']:.1e}" if agree else ""
             lines.append(f"| {stage} | {side} | {rate} | {ratio(f[f'{unit}_per_s'], reference)} | "
-                         f"{f['padding_share']:.0%} | {num(f['gflops'])} ({f['share_of_peak']:.0%}) | "
+                         f"{f['padding_share']:.0%} | {num(f['gflops'])} ({f['share_of_peak']:.0%} of {f['peak_kind']}) | "
                          f"{num(f['peak_rss_mb'], 0)} ({num(f['peak_tree_mb'], 0)}) | {agreement} | {diff} |")  # fmt: skip
     if api:
         base = api["torch fp32"]["texts/s"]
@@ -754,17 +827,24 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| predict, first run (exports) | {mode} | wall {first['wall_seconds']:.1f} s (later runs: "
                      f"{s['predict'][mode]['wall_seconds']:.1f} s) | | | | {first['peak_rss_mb']:,.0f} "
                      f"({first['peak_tree_mb']:,.0f}) | | |")  # fmt: skip
-    small, large = memory["small"], memory["large"]
-    lines += [
-        "",
-        (f"predict peak RSS, {memory['small_lines']:,} → {memory['large_lines']:,} input lines (GPT-2 2 × 32, "
-         f"1 thread): {small['peak_rss_mb']:,.0f} → {large['peak_rss_mb']:,.0f} MB ({memory['rss_ratio']:.2f}×); "
-         f"with workers {small['peak_tree_mb']:,.0f} → {large['peak_tree_mb']:,.0f} MB ({memory['tree_ratio']:.2f}×); "
-         f"within the {memory['large_lines']:,}-line run, peak with workers in its 2nd quarter → 2nd half: "
-         f"{memory['large_second_quarter_peak_mb']:,.0f} → {memory['large_second_half_peak_mb']:,.0f} MB; "
-         f"{large['posts'] / large['seconds']:,.0f} posts/s"),
-    ]
+    if memory:
+        small, large = memory["small"], memory["large"]
+        lines += ["", (
+            f"predict peak RSS, {memory['small_lines']:,} → {memory['large_lines']:,} input lines (GPT-2 2 × 32, "
+            f"1 thread): {small['peak_rss_mb']:,.0f} → {large['peak_rss_mb']:,.0f} MB ({memory['rss_ratio']:.2f}×); "
+            f"with workers {small['peak_tree_mb']:,.0f} → {large['peak_tree_mb']:,.0f} MB "
+            f"({memory['tree_ratio']:.2f}×); within the {memory['large_lines']:,}-line run, peak with workers in its "
+            f"2nd quarter → 2nd half: {memory['large_second_quarter_peak_mb']:,.0f} → "
+            f"{memory['large_second_half_peak_mb']:,.0f} MB; {large['posts'] / large['seconds']:,.0f} posts/s")]
     return "\n".join(lines + [f"\nNote: {note}" for note in results["notes"]])
+
+
+def stage_list(value: str) -> list[str]:
+    stages = [stage.strip() for stage in value.split(",") if stage.strip()]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"{value!r}: stages are {', '.join(STAGES)}")
+    return [stage for stage in STAGES if stage in stages]
 
 
 def main() -> None:
@@ -781,6 +861,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads on every side (default: torch's default here)")
     parser.add_argument("--out", type=Path, help="write every raw figure here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, predictions, adapters)")
+    parser.add_argument("--stages", type=stage_list, default=list(STAGES),
+                        help=f"comma-separated, of {','.join(STAGES)} (default: all); without train, the reference "
+                             "still trains once, untimed, for the adapter that prediction labels with")  # fmt: skip
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
