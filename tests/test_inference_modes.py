@@ -116,8 +116,8 @@ def test_export_mistakes_are_one_line_and_leave_nothing(quickstart: dict, tmp_pa
 
 def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: dict, exported: Path, tmp_path: Path) -> None:
     """From the exported directory: the console (fp32) and the API (int8) answer as main.py predict does in the same
-    mode: the same engine and the same batching. (int8 quantises activations per batch, so it is compared where the
-    batches are the same: one request of all the posts against one predict window.)"""
+    mode: the same engine. (int8 quantises each post's activations on their own: the API's one request of all the
+    posts and predict's length-sorted batches give the same numbers.)"""
     base = ["--config", QUICKSTART, "--model.model_name_or_path", str(exported)]
     fp32 = [row for row in predict(quickstart, tmp_path / "fp32.csv", *base[2:]) if row["prob_positive"]]
     int8 = [row for row in predict(quickstart, tmp_path / "int8.csv", *base[2:], "--model.quantize", "int8")
@@ -155,3 +155,44 @@ def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: di
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_an_export_labels_without_transformers_peft_or_lightning(exported: Path) -> None:
+    """The exported directory's first answer needs onnxruntime, tokenizers and torch only (README Speed: under 3 s)."""
+    script = ("import sys\nfrom weibo_sentiment import SentimentAnalyzer\n"
+              f"rows = SentimentAnalyzer.load({str(exported)!r}, quantize='int8').predict(['排队两小时，太失望了'])\n"
+              "print(rows[0].label, sorted(m for m in ('transformers', 'peft', 'lightning', 'torchmetrics') "
+              "if m in sys.modules))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split(maxsplit=1)[1].strip() == "[]"
+
+
+def test_the_saved_tokenizer_read_without_transformers_gives_transformers_ids(exported: Path) -> None:
+    from conftest import real_rows
+
+    from weibo_sentiment.data.tokenizer import SerializedTokenizer, Tokenize, load_tokenizer
+
+    texts = [row["review"] for row in real_rows(1000)] + ["哈" * 300, "Ｈｅｌｌｏ ÀÉ ８８ 😀 [哈哈] http://t.cn/x", ""]
+    fast, reference = Tokenize(SerializedTokenizer(exported), 64), Tokenize(load_tokenizer(str(exported)), 64)
+    ids, cut = fast.marking_truncated(texts)
+    assert (ids, cut) == reference.marking_truncated(texts) and any(cut)  # the same ids, the same truncation
+    assert fast.pad_token_id == reference.pad_token_id == 0
+
+
+def test_an_earlier_exports_int8_is_refused_as_batch_dependent_with_one_line(exported: Path, tmp_path: Path) -> None:
+    """Format 1's model.int8.onnx scaled each batch as a whole: it runs as int8-dynamic, and int8 says to re-export."""
+    import shutil
+
+    old = tmp_path / "old-export"
+    shutil.copytree(exported, old)
+    manifest = json.loads((old / "weibo_sentiment_export.json").read_text(encoding="utf-8"))
+    (old / "weibo_sentiment_export.json").write_text(json.dumps({**manifest, "format": 1}), encoding="utf-8")
+    posts = tmp_path / "posts.csv"
+    posts.write_text("review\n排队两小时，太失望了\n", encoding="utf-8")
+    args = ["predict", "--model.model_name_or_path", str(old), "--data.predict_path", str(posts),
+            "--predict_writer.output_path", str(tmp_path / "out.csv"), "--trainer.default_root_dir", str(tmp_path)]
+    refused = run_main([*args, "--model.quantize", "int8"])
+    assert refused.returncode != 0 and "export it again for int8" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "out.csv").exists()
+    assert run_main([*args, "--model.quantize", "int8-dynamic"]).returncode == 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from weibo_sentiment.inference.model_source import ARCHITECTURE_HPARAMS, ModelSource, resolve_model_source
-from weibo_sentiment.settings import DataSettings, ModelSettings, ServeSettings
+from weibo_sentiment.settings import DataSettings, ModelSettings, Quantization, ServeSettings
 
 if TYPE_CHECKING:
     from weibo_sentiment.inference.analyzer import SentimentAnalyzer
@@ -39,8 +39,9 @@ def inference_parser(description: str) -> ArgumentParser:
                              "or give --model.adapter_path, or an exported model as --model.model_name_or_path")  # fmt: skip
     parser.add_argument("--runtime", type=Optional[Literal["torch", "onnxruntime"]], default=None,
                         help="what labels (overrides model.runtime): torch, or onnxruntime (CPU, faster)")  # fmt: skip
-    parser.add_argument("--quantize", type=Optional[Literal["int8"]], default=None,
-                        help="int8: onnxruntime's int8 matrix products (overrides model.quantize)")  # fmt: skip
+    parser.add_argument("--quantize", type=Optional[Quantization], default=None,
+                        help="int8: onnxruntime's int8 matrix products, a post's result independent of its batch; "
+                             "int8-dynamic: one scale per batch, faster (overrides model.quantize)")  # fmt: skip
     parser.add_argument("--precision", type=Literal["32-true", "bf16-mixed"], default="32-true",
                         help="bf16-mixed: bf16 on GPUs and CPUs with AVX512_BF16/AMX (runtime torch)")  # fmt: skip
     parser.add_class_arguments(ModelSettings, "model")

@@ -22,7 +22,14 @@ from typing import Any, Literal
 from weibo_sentiment.atomic_files import staged_directory
 from weibo_sentiment.config import inference_mode, inference_parser, source_from_config
 from weibo_sentiment.data.tokenizer import load_tokenizer
-from weibo_sentiment.inference.engine import FP32_FILE, INT8_FILE, export_onnx, load_trained_model, trained_model_id
+from weibo_sentiment.inference.engine import (
+    EXPORT_FORMAT,
+    FP32_FILE,
+    ONNX_FILES,
+    export_onnx,
+    load_trained_model,
+    trained_model_id,
+)
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference.model_source import MANIFEST, ModelSource, is_exported
 from weibo_sentiment.stopping import exit_when_stopped
@@ -54,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         if source.kind == "base":
             raise UserError("export what? pass --ckpt_path CKPT (or last), or --model.adapter_path DIR")
         output = checked_output_dir(config.output_dir)
-        quantize = inference_mode(config)["quantize"] == "int8"
+        quantize = inference_mode(config)["quantize"]
         if quantize and config.format == "hf":
-            raise UserError("--format hf writes the fp32 model; int8 is for --format onnx")
+            raise UserError(f"--format hf writes the fp32 model; {quantize} is for --format onnx")
         peft_model = load_trained_model(source)
         tokenizer = load_tokenizer(source.tokenizer)
         try:
@@ -64,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
                 if config.format == "hf":
                     files = save_merged_model(peft_model, tokenizer, source, staging)
                 else:
-                    files = {"fp32": FP32_FILE, **({"int8": INT8_FILE} if quantize else {})}
+                    files = {"fp32": FP32_FILE, **({quantize: ONNX_FILES[quantize]} if quantize else {})}
                     export_onnx(peft_model, staging, quantize)
                     tokenizer.save_pretrained(str(staging))
                     manifest = {
-                        "format": 1,
+                        "format": EXPORT_FORMAT,
                         "model_id": trained_model_id(peft_model),
                         "num_labels": source.num_labels,
                         "labels": list(source.labels),

@@ -17,6 +17,8 @@ from weibo_sentiment.errors import UserError
 
 DEFAULT_BACKBONE = "uer/gpt2-chinese-cluecorpussmall"
 DEFAULT_TARGET_MODULES = ("c_attn", "c_proj")
+# int8 schemes (inference/quantization.py): each token's activations alone, or one scale per batch
+Quantization = Literal["int8", "int8-dynamic"]
 
 
 @dataclass
@@ -39,8 +41,10 @@ class ModelSettings:
         runtime: what predicts: ``torch`` or ``onnxruntime`` (CPU; the model exported to ONNX once and cached, same
             results as torch fp32 to ~1e-6, faster); default: onnxruntime for int8 and exported models, else torch.
             The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
-        quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; fastest, labels agree with fp32 on
-            ~99.9 % of posts, README Speed); default: none.
+        quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; labels agree with fp32 on ~99.9 % of
+            posts, and a post's probabilities do not depend on its batch); ``int8-dynamic``: one activation scale
+            per batch (~1.25x faster without VNNI, but a post's probability moves with its neighbours); README
+            Speed; default: none.
         neutral_band: ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its label stays the model's
             0 or 1) and summaries count three classes; default: none (README, Neutral band).
         view_consistency: with ``data.emoticon_views: 2``, the weight (lambda) of the symmetric KL divergence between
@@ -60,7 +64,7 @@ class ModelSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     runtime: Optional[Literal["torch", "onnxruntime"]] = None
-    quantize: Optional[Literal["int8"]] = None
+    quantize: Optional[Quantization] = None
     neutral_band: Optional[list[float]] = None
     view_consistency: float = 0.1
 

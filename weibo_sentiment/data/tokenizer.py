@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.utils import logging as transformers_logging
 
-from weibo_sentiment.errors import UserError, explain_load_error
+from weibo_sentiment.errors import UserError, explain_load_error, first_line
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# What main.py export writes beside the model (transformers' fast tokenizer, serialised): read by the tokenizers
+# library alone, an exported model labels without importing transformers (~1 s of a first answer's 3).
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 
 
 @contextmanager
@@ -20,6 +27,8 @@ def quiet_transformers() -> Iterator[None]:
     GPT-2's out-of-vocabulary bos/eos ids, unused since padding comes from the tokenizer) and its progress bar say
     nothing to a user of this tool; weights that do not fit are checked here and reported as one line. Only for
     this load: a program that imports us keeps its own transformers settings."""
+    from transformers.utils import logging as transformers_logging
+
     verbosity, progress_bar = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
@@ -38,6 +47,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     Cached: the model (for its pad id), the data module and the inference loader each ask for it, and it is only
     read, never changed.
     """
+    from transformers import AutoTokenizer
+
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -46,6 +57,56 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of {name_or_path!r} has no pad token; this project needs one to pad batches")
     return tokenizer
+
+
+class SerializedTokenizer:
+    """A saved fast tokenizer (``tokenizer.json`` and ``tokenizer_config.json``) run by the tokenizers library, with
+    the part of transformers' calling convention that ``Tokenize`` uses: the same ids as ``load_tokenizer`` of the
+    same directory, without importing transformers."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        directory = Path(directory)
+        try:
+            self.backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+            config = json.loads((directory / TOKENIZER_CONFIG_FILE).read_text(encoding="utf-8"))
+        except Exception as err:  # tokenizers raises a bare Exception for an unreadable file, json a ValueError
+            raise UserError(f"{directory}: cannot read its tokenizer ({first_line(err)}); export the model again") from None
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = self.backend.token_to_id(pad) if pad else None
+        if self.pad_token_id is None:
+            raise UserError(f"{directory}: its tokenizer has no pad token; this project needs one to pad batches")
+        self.backend.no_padding()
+
+    def __call__(self, texts: list[str], truncation: bool = False, max_length: int | None = None, **_: Any) -> Any:
+        if truncation and max_length:
+            self.backend.enable_truncation(max_length)
+        else:
+            self.backend.no_truncation()
+        encodings = self.backend.encode_batch(texts)
+        return _Encoded(input_ids=[encoding.ids for encoding in encodings], encodings=encodings)
+
+
+class _Encoded(dict):
+    """``input_ids`` by key and the tokenizers ``encodings`` as an attribute, as transformers' BatchEncoding."""
+
+    def __init__(self, input_ids: list[list[int]], encodings: list[Any]) -> None:
+        super().__init__(input_ids=input_ids)
+        self.encodings = encodings
+
+
+def tokenizer_of(name_or_path: str) -> Any:
+    """An exported directory's saved tokenizer without transformers (``SerializedTokenizer``), else
+    ``load_tokenizer``'s."""
+    directory = Path(name_or_path)
+    if (directory / TOKENIZER_FILE).is_file() and (directory / TOKENIZER_CONFIG_FILE).is_file():
+        from weibo_sentiment.inference.model_source import is_exported
+
+        if is_exported(directory):
+            return SerializedTokenizer(directory)
+    return load_tokenizer(name_or_path)
 
 
 def pad_to_longest(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -66,9 +127,13 @@ class Tokenize:
     of token 0 (``[PAD]``) to every position.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | SerializedTokenizer, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         return self._encode(texts)["input_ids"]

@@ -119,13 +119,13 @@ class SentimentAnalyzer:
         """An analyzer for a resolved model source (the API's workers get the one its main process resolved)."""
         import torch
 
-        from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
+        from weibo_sentiment.data.tokenizer import Tokenize, tokenizer_of
         from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
         from weibo_sentiment.inference.engine import engine_for_source
         from weibo_sentiment.settings import checked_neutral_band
 
         engine = engine_for_source(source, runtime, quantize, precision, torch.device(device))
-        tokenize = Tokenize(load_tokenizer(source.tokenizer), source.max_length)
+        tokenize = Tokenize(tokenizer_of(source.tokenizer), source.max_length)
         return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size,
                    checked_neutral_band(neutral_band))  # fmt: skip
 
@@ -149,7 +149,7 @@ class SentimentAnalyzer:
         posts = [Post(text) for text in texts]
         probabilities = torch.full((len(texts), self.engine.num_labels), float("nan"))
         truncated = [False] * len(texts)
-        batches = SortedPostBatches([], self.tokenize, self.tokenize.tokenizer.pad_token_id, self.batch_size,
+        batches = SortedPostBatches([], self.tokenize, self.tokenize.pad_token_id, self.batch_size,
                                     max(len(texts), 1))  # fmt: skip
         for batch in batches.window_batches(posts):
             for position, cut in zip(batch["positions"], truncated_posts(batch)):

@@ -10,7 +10,8 @@ precision. ``main.py predict`` (through the LightningModule), the HTTP API and t
 | torch       | 32-true              | eager PyTorch, LoRA merged into the base weights; CPU or GPU               |
 | torch       | bf16-mixed           | the same under bf16 autocast; fast on GPUs and CPUs with AVX512_BF16/AMX   |
 | onnxruntime | 32-true              | the merged model exported to ONNX: torch fp32's results (to ~1e-6), faster |
-| onnxruntime | int8                 | that ONNX model with its weight matrices dynamically quantised to int8     |
+| onnxruntime | int8                 | that ONNX model, int8 weights, each token's activations quantised alone    |
+| onnxruntime | int8-dynamic         | int8 weights, one activation scale per batch (faster, batch-dependent)     |
 
 The ONNX model of a trained model is exported once and kept in a cache folder keyed by the trained tensors and the
 base model (``$WEIBO_SENTIMENT_CACHE``, default ``~/.cache/weibo-sentiment``); ``weibo_sentiment.export`` writes
@@ -27,8 +28,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -38,12 +37,16 @@ import torch
 from weibo_sentiment.errors import UserError, first_line
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
 from weibo_sentiment.inference.model_source import ModelSource, is_exported, read_manifest
+from weibo_sentiment.inference.quantization import DISABLED_OPTIMIZERS, QUANTIZATIONS, quantize_onnx
 from weibo_sentiment.settings import ModelSettings
 
 RUNTIMES = ("torch", "onnxruntime")
 PRECISIONS = ("32-true", "bf16-mixed")
 FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-EXPORT_FORMAT = 1  # bump when what an exported ONNX file computes changes: old cache entries are then left unused
+ONNX_FILES = {None: FP32_FILE, "int8": INT8_FILE, "int8-dynamic": "model.int8-dynamic.onnx"}  # by quantize
+# Bump when what an exported ONNX file computes changes: old cache entries are then left unused. 2: model.int8.onnx
+# quantises each row alone (format 1's was what int8-dynamic is now).
+EXPORT_FORMAT = 2
 OPSET = 17
 CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base model's size, int8 a quarter of it)
 
@@ -82,17 +85,18 @@ def choose_mode(
 ) -> InferenceMode:
     """Check a requested combination and fill in the runtime: onnxruntime for int8 and exported models, else torch.
 
-    int8 has one path, onnxruntime's dynamic quantisation (torch.ao's is deprecated upstream and ran 2.5x slower).
+    int8 runs on onnxruntime (torch.ao's quantisation is deprecated upstream and ran 2.5x slower), in two schemes
+    (``quantization.py``): ``int8``, the same probabilities for a post in any batch, and ``int8-dynamic``.
     onnxruntime runs on the CPU here, in fp32 or int8. bf16 is only fast where the hardware has it: on a CPU without
     AVX512_BF16 or AMX it is emulated, slower than fp32, and this says so.
     """
     precision = str(precision)
     bf16 = precision.startswith("bf16")
-    if quantize not in (None, "int8"):
-        raise UserError(f"quantize {quantize!r}: the one quantisation offered is int8 (or none)")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise UserError(f"quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)} (or none)")
     if runtime not in (None, *RUNTIMES):
         raise UserError(f"runtime {runtime!r}: choose torch or onnxruntime")
-    needs_onnx = "an exported model" if exported else "int8" if quantize else None
+    needs_onnx = "an exported model" if exported else quantize
     if runtime is None:
         runtime = "onnxruntime" if needs_onnx else "torch"
     if runtime == "torch" and needs_onnx:
@@ -148,7 +152,8 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its notes on unused initializers say nothing to a user
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=DISABLED_OPTIMIZERS.get(mode.quantize or "", []))
         except Exception as err:  # onnxruntime raises its own types for unreadable or truncated files
             raise UserError(f"{path}: onnxruntime cannot load it ({first_line(err)}); export it again") from None
         self.path, self.num_labels, self.mode = Path(path), num_labels, mode
@@ -175,8 +180,9 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra).logits
 
 
-def export_onnx(peft_model: Any, directory: Path, quantize: bool) -> None:
-    """Write ``model.onnx`` (fp32, LoRA merged) and, with ``quantize``, ``model.int8.onnx`` into ``directory``.
+def export_onnx(peft_model: Any, directory: Path, quantize: Optional[str]) -> None:
+    """Write ``model.onnx`` (fp32, LoRA merged) and, with ``quantize``, its int8 file (``ONNX_FILES``) into
+    ``directory``.
 
     LoRA is merged for the export and unmerged after (no copy of the base weights is made). The wrapper is put in
     eval mode before exporting: ``torch.onnx.export`` restores the module's training mode afterwards, so a fresh
@@ -207,27 +213,7 @@ def export_onnx(peft_model: Any, directory: Path, quantize: bool) -> None:
         peft_model.unmerge_adapter()
         peft_model.train(was_training)
     if quantize:
-        quantize_int8(directory / FP32_FILE, directory / INT8_FILE)
-
-
-def quantize_int8(source: Path, target: Path) -> None:
-    """onnxruntime's dynamic quantisation: int8 weights, activations quantised per batch (u8s8 kernels, VNNI)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet_root_logger():  # it logs an advice to pre-process the model through the root logger
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-
-
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers  # logging.warning() gives a bare root logger a handler of its own: take it back
-        root.setLevel(level)
+        quantize_onnx(directory / FP32_FILE, directory / ONNX_FILES[quantize], quantize)
 
 
 # ---- the cache of exported models -------------------------------------------------------------------------------
@@ -290,7 +276,7 @@ def exported_model_id(directory: str | Path) -> str:
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_onnx(peft_model: Any, base_model: str, quantize: bool) -> Path:
+def cached_onnx(peft_model: Any, base_model: str, quantize: Optional[str]) -> Path:
     """The cache entry (a folder) holding this model's ONNX files, exported now if missing.
 
     Entries are written under a temporary name and renamed into place: another process exporting the same model
@@ -298,7 +284,7 @@ def cached_onnx(peft_model: Any, base_model: str, quantize: bool) -> Path:
     """
     root = cache_root()
     entry = root / model_fingerprint(peft_model, base_model)
-    wanted = entry / (INT8_FILE if quantize else FP32_FILE)
+    wanted = entry / ONNX_FILES[quantize]
     if not wanted.is_file():
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -307,13 +293,14 @@ def cached_onnx(peft_model: Any, base_model: str, quantize: bool) -> Path:
             raise UserError(f"{root}: cannot write the ONNX cache here ({err.strerror}); "
                             "set WEIBO_SENTIMENT_CACHE to a writable folder") from None
         try:
-            if (entry / FP32_FILE).is_file():  # fp32 cached, int8 asked for now
-                shutil.copy2(entry / FP32_FILE, staging / FP32_FILE)
-                quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
+            if (entry / FP32_FILE).is_file():  # fp32 cached (and maybe the other int8), this int8 asked for now
+                for file in entry.iterdir():
+                    shutil.copy2(file, staging / file.name)
+                quantize_onnx(staging / FP32_FILE, staging / wanted.name, str(quantize))
             else:
                 export_onnx(peft_model, staging, quantize)
             if entry.is_dir() and not wanted.is_file():
-                shutil.rmtree(entry, ignore_errors=True)  # an fp32-only entry makes way for one with int8 too
+                shutil.rmtree(entry, ignore_errors=True)  # the entry makes way for one with this file too
             try:
                 os.rename(staging, entry)
             except OSError:  # another process got there first: its entry is the same model
@@ -339,7 +326,7 @@ def build_engine(peft_model: Any, mode: InferenceMode, base_model: str) -> Engin
         engine: Engine = TorchEngine(peft_model, mode)
     else:
         started = time.perf_counter()
-        path = cached_onnx(peft_model, base_model, quantize=mode.quantize == "int8")
+        path = cached_onnx(peft_model, base_model, quantize=mode.quantize)
         engine = OnnxEngine(path, peft_model.config.num_labels, mode)
         logging.getLogger(__name__).debug("onnxruntime engine from %s in %.1f s", path, time.perf_counter() - started)
     engine.model_id = trained_model_id(peft_model)
@@ -390,10 +377,16 @@ def load_trained_model(source: ModelSource) -> Any:
 def exported_engine(directory: str | Path, mode: InferenceMode) -> OnnxEngine:
     """The engine of an exported directory: its fp32 or int8 ONNX file, no base model or peft needed."""
     manifest = read_manifest(directory)
-    name = INT8_FILE if mode.quantize == "int8" else FP32_FILE
+    name = ONNX_FILES[mode.quantize]
+    if int(manifest.get("format", 1)) < 2 and mode.quantize:
+        # A format-1 export's model.int8.onnx is what int8-dynamic is now (one activation scale per batch).
+        if mode.quantize == "int8":
+            raise UserError(f"{directory}: exported by an earlier version, whose int8 file scales each batch as a "
+                            "whole; export it again for int8, or use --quantize int8-dynamic with it as it is")  # fmt: skip
+        name = INT8_FILE
     path = Path(directory) / name
     if not path.is_file():
-        hint = " (export with --quantize int8 to include it)" if mode.quantize else ""
+        hint = f" (export with --quantize {mode.quantize} to include it)" if mode.quantize else ""
         raise UserError(f"{directory}: the exported model has no {name}{hint}")
     engine = OnnxEngine(path, manifest["num_labels"], mode)
     engine.model_id = exported_model_id(directory)

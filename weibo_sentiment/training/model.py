@@ -30,7 +30,7 @@ from weibo_sentiment.inference.backbone import build_peft_model, check_trainable
 from weibo_sentiment.inference.engine import Engine, engine_for, exported_model_id, trained_model_id
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.settings import DEFAULT_TARGET_MODULES, ModelSettings
+from weibo_sentiment.settings import DEFAULT_TARGET_MODULES, ModelSettings, Quantization
 
 
 def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class SentimentClassifier(LightningModule):
         weight_decay: float = ModelSettings.weight_decay,
         warmup_ratio: float = ModelSettings.warmup_ratio,
         runtime: Optional[Literal["torch", "onnxruntime"]] = None,
-        quantize: Optional[Literal["int8"]] = None,
+        quantize: Optional[Quantization] = None,
         neutral_band: Optional[list[float]] = None,
         view_consistency: float = ModelSettings.view_consistency,
     ) -> None:
