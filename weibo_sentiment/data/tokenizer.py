@@ -100,12 +100,10 @@ class _Encoded(dict):
 def tokenizer_of(name_or_path: str) -> Any:
     """An exported directory's saved tokenizer without transformers (``SerializedTokenizer``), else
     ``load_tokenizer``'s."""
-    directory = Path(name_or_path)
-    if (directory / TOKENIZER_FILE).is_file() and (directory / TOKENIZER_CONFIG_FILE).is_file():
-        from weibo_sentiment.inference.model_source import is_exported
+    from weibo_sentiment.inference.model_source import is_exported
 
-        if is_exported(directory):
-            return SerializedTokenizer(directory)
+    if is_exported(name_or_path) and (Path(name_or_path) / TOKENIZER_FILE).is_file():
+        return SerializedTokenizer(name_or_path)
     return load_tokenizer(name_or_path)
 
 

@@ -47,6 +47,7 @@ ONNX_FILES = {None: FP32_FILE, "int8": INT8_FILE, "int8-dynamic": "model.int8-dy
 # Bump when what an exported ONNX file computes changes: old cache entries are then left unused. 2: model.int8.onnx
 # quantises each row alone (format 1's was what int8-dynamic is now).
 EXPORT_FORMAT = 2
+PER_ROW_INT8_FORMAT = 2  # the first format whose model.int8.onnx quantises rows alone
 OPSET = 17
 CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base model's size, int8 a quarter of it)
 
@@ -378,7 +379,7 @@ def exported_engine(directory: str | Path, mode: InferenceMode) -> OnnxEngine:
     """The engine of an exported directory: its fp32 or int8 ONNX file, no base model or peft needed."""
     manifest = read_manifest(directory)
     name = ONNX_FILES[mode.quantize]
-    if int(manifest.get("format", 1)) < 2 and mode.quantize:
+    if int(manifest.get("format", 1)) < PER_ROW_INT8_FORMAT and mode.quantize:
         # A format-1 export's model.int8.onnx is what int8-dynamic is now (one activation scale per batch).
         if mode.quantize == "int8":
             raise UserError(f"{directory}: exported by an earlier version, whose int8 file scales each batch as a "
