@@ -3,6 +3,8 @@
     python benchmarks/int8_agreement.py --config configs/quickstart.yaml --ckpt_path last
     python benchmarks/int8_agreement.py --config configs/quickstart.yaml --ckpt_path last \\
         --posts ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv --limit 2000
+    python benchmarks/int8_agreement.py --ckpt_path <a checkpoint of benchmarks/recipe.py's m3e-small> \\
+        --posts <its held-out posts> --limit 2000
 
 Labels the held-out posts (``neutral_band.held_out_posts``: by default the quickstart's 400 validation posts and the
 200 bundled ones) with torch fp32, onnxruntime fp32 and both int8 schemes through the Python API, and prints, for
@@ -28,7 +30,8 @@ MODES = {"torch fp32": {}, "onnxruntime fp32": {"runtime": "onnxruntime"}, "onnx
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--config", help="the config the model was trained with (needed for --ckpt_path last); "
+                        "default: the checkpoint's own base model and settings")
     parser.add_argument("--ckpt_path", default="last")
     parser.add_argument("--posts", type=Path, help="a labelled file (label,review); default: the quickstart's held-out posts")
     parser.add_argument("--limit", type=int, default=2_000)

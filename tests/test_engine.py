@@ -65,15 +65,18 @@ def test_onnxruntime_fp32_equals_torch_fp32(trained_looking) -> None:
     assert module.model.training and not any(m.merged for m in module.modules() if hasattr(m, "merged"))
 
 
-@pytest.mark.parametrize(("quantize", "file"), [("int8", "model.int8.onnx"), ("int8-dynamic", "model.int8-dynamic.onnx")])
-def test_int8_runs_on_onnxruntime_with_quantised_matrix_products(trained_looking, quantize: str, file: str) -> None:
+@pytest.mark.parametrize(("quantize", "file", "product"), [("int8", "model.int8.onnx", "MatMulIntegerToFloat"),
+                                                         ("int8-dynamic", "model.int8-dynamic.onnx", "MatMulInteger")])
+def test_int8_runs_on_onnxruntime_with_quantised_matrix_products(trained_looking, quantize: str, file: str,
+                                                                 product: str) -> None:  # fmt: skip
     module, batch, fp32 = trained_looking
     int8, engine = label(module, batch, quantize=quantize)  # runtime unset: int8 picks onnxruntime
     assert str(engine.mode) == f"onnxruntime {quantize}" and engine.path.name == file
     operators = {node.op_type for node in onnx.load(str(engine.path)).graph.node}
-    assert "MatMulInteger" in operators
-    # int8: each row's own scale (ReduceMax over its last axis), no quantisation of the whole tensor at once
+    assert product in operators
+    # int8: each row's own scale (a per-axis QuantizeLinear on the rows), no quantisation of the whole tensor at once
     assert ("DynamicQuantizeLinear" in operators) == (quantize == "int8-dynamic")
+    assert ("QuantizeLinear" in operators) == (quantize == "int8")
     assert torch.allclose(int8, fp32, atol=0.05) and not torch.equal(int8, fp32)  # int8 arithmetic, close to fp32
 
 
@@ -139,11 +142,15 @@ def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Pa
     assert len(keys) == 1 and len(keys.pop()) == 32
 
 
-def test_engine_cache_keeps_a_bounded_number_of_models(tmp_path: Path) -> None:
-    for number in range(engine_module.CACHE_ENTRIES_KEPT + 2):
-        (tmp_path / f"entry{number}").mkdir()
+def test_engine_cache_keeps_a_bounded_number_of_models_and_nothing_else_of_its_folder(tmp_path: Path) -> None:
+    entries = [tmp_path / f"{number:032x}" for number in range(engine_module.CACHE_ENTRIES_KEPT + 2)]
+    for age, entry in enumerate(reversed(entries)):
+        entry.mkdir()
+        os.utime(entry, (1_000_000 + age, 1_000_000 + age))  # entries[0] most recently used
+    (tmp_path / "recipe" / "m3e-small").mkdir(parents=True)  # someone else's folder beside the entries (it was lost)
     engine_module._evict(tmp_path, keep=engine_module.CACHE_ENTRIES_KEPT)
-    assert len(list(tmp_path.iterdir())) == engine_module.CACHE_ENTRIES_KEPT
+    kept = sorted(path.name for path in tmp_path.iterdir())
+    assert kept == sorted([entry.name for entry in entries[: engine_module.CACHE_ENTRIES_KEPT]] + ["recipe"])
 
 
 @pytest.mark.parametrize(
