@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--heldout-posts", type=int, default=3_000,
                         help="corpus posts test scores each model on (0: no test, the validation scores only)")
     parser.add_argument("--table", type=Path, nargs="+", help="print the table of earlier --out files, merged")
+    parser.add_argument("--prepare", type=Path, metavar="DIR", help="only download m3e-small and write the training "
+                        "and held-out posts (train.csv, heldout.csv) into DIR, for runs of your own (README, int8)")
     parser.add_argument("--out", type=Path, help="every run's figures as JSON")
     args = parser.parse_args()
     if args.table:
@@ -127,6 +129,11 @@ def main() -> None:
         print_table(merged)
         return
     model = m3e_small(args.cache)
+    if args.prepare:
+        args.prepare.mkdir(parents=True, exist_ok=True)
+        split_corpus(args.corpus, args.prepare, 4_000, args.heldout_posts, seed=0)
+        print(f"model: {model}\nposts: {args.prepare / 'train.csv'}, {args.prepare / 'heldout.csv'}")
+        return
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="recipe-") as folder:
         work = Path(folder)

@@ -216,7 +216,8 @@ def _best_rate(run: Any, operations: float, repeats: int) -> float:
 def _int8_matmul(m: int, k: int, n: int, threads: int, kernel: str) -> Any:
     """One onnxruntime int8 product of the kernel our int8 models run: ``DynamicQuantizeMatMul`` (float A quantised
     per call, int8 B; int8-dynamic's projections once onnxruntime has fused them) or ``MatMulInteger`` (uint8 A,
-    int8 B in 7 bits, int32 out; int8's, whose rows are quantised by operators of their own)."""
+    int8 B in 7 bits, int32 out: the integer product of int8's ``MatMulIntegerToFloat``, whose rows are quantised by
+    an operator of their own)."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

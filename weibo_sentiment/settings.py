@@ -43,7 +43,7 @@ class ModelSettings:
             The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
         quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; labels agree with fp32 on ~99.9 % of
             posts, and a post's probabilities do not depend on its batch); ``int8-dynamic``: one activation scale
-            per batch (~1.25x faster without VNNI, but a post's probability moves with its neighbours); README
+            per batch (~1.1x faster without VNNI, but a post's probability moves with its neighbours); README
             Speed; default: none.
         neutral_band: ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its label stays the model's
             0 or 1) and summaries count three classes; default: none (README, Neutral band).
