@@ -51,6 +51,7 @@ ONNX_FILES = {None: FP32_FILE, "int8": INT8_FILE, "int8-dynamic": "model.int8-dy
 EXPORT_FORMAT = 3
 PER_ROW_INT8_FORMAT = 2  # the first format whose model.int8.onnx quantises rows alone
 OPSET = 17
+FINGERPRINT_HEX_DIGITS = 32  # a cache entry's folder name: its fingerprint, and nothing else in the cache root is one
 CACHE_ENTRIES_KEPT = 4  # each entry is one model's ONNX files (fp32 ~ the base model's size, int8 a quarter of it)
 
 
@@ -266,7 +267,7 @@ def model_fingerprint(peft_model: Any, base_model: str) -> str:
                 digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     else:
         digest.update(f"{base_model}@{getattr(peft_model.config, '_commit_hash', None)}".encode())
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()[:FINGERPRINT_HEX_DIGITS]
 
 
 def exported_model_id(directory: str | Path) -> str:
@@ -316,9 +317,10 @@ def cached_onnx(peft_model: Any, base_model: str, quantize: Optional[str]) -> Pa
 
 
 def _evict(root: Path, keep: int) -> None:
-    """Remove all but the ``keep`` most recently used entries. Only folders named as entries are (a fingerprint): the
-    cache root may be a folder that holds other things (``~/.cache/weibo-sentiment`` once lost a downloaded model)."""
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"[0-9a-f]{32}", p.name)),
+    """Remove all but the ``keep`` most recently used entries. Only folders named as entries are: the cache root may
+    be a folder that holds other things (``~/.cache/weibo-sentiment`` once lost a downloaded model)."""
+    entry_name = re.compile(f"[0-9a-f]{{{FINGERPRINT_HEX_DIGITS}}}")
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and entry_name.fullmatch(p.name)),
                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
     for old in entries[keep:]:
         shutil.rmtree(old, ignore_errors=True)

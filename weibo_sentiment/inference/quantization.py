@@ -117,7 +117,7 @@ def quantize_rows_alone(model: object) -> None:
             helper.make_node("Shape", [f"{name}_scale"], [f"{name}_rows_count"]),
             helper.make_node("Expand", ["per_row_zero_point", f"{name}_rows_count"], [f"{name}_zero_points"]),
             helper.make_node("QuantizeLinear", [f"{name}_rows", f"{name}_scale", f"{name}_zero_points"],
-                             [f"{name}_quantized"], axis=0),  # fmt: skip
+                             [f"{name}_quantized"], axis=0),
             helper.make_node("Unsqueeze", [f"{name}_scale", "per_row_last_axis"], [f"{name}_scale_column"]),
         ]
         removed.add(id(quantize))
@@ -131,7 +131,7 @@ def quantize_rows_alone(model: object) -> None:
             before[id(rescale)] = [
                 helper.make_node("MatMulIntegerToFloat", [f"{name}_quantized", product.input[1], "per_row_1",
                                  weight_scale, "per_row_zero_point", product.input[3]], [f"{out}_unscaled"],
-                                 domain="com.microsoft"),  # fmt: skip
+                                 domain="com.microsoft"),
                 helper.make_node("Mul", [f"{out}_unscaled", f"{name}_scale_column"], [f"{out}_scaled"]),
                 helper.make_node("Concat", [f"{name}_lead", f"{out}_columns"], [f"{out}_shape"], axis=0),
                 helper.make_node("Reshape", [f"{out}_scaled", f"{out}_shape"], [rescale.output[0]]),
