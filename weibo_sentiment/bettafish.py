@@ -55,6 +55,13 @@ class BatchSentimentResult:
     analysis_performed: bool = True
 
 
+def _distribution(row: Any) -> dict[str, float]:
+    """A row's probabilities by Chinese label: 负面 and 正面, and 中性 for a three-class model (whose neutral is its own)."""
+    if row.prob_neutral is None:
+        return {LABELS["negative"]: 1.0 - row.prob_positive, LABELS["positive"]: row.prob_positive}
+    return {LABELS["negative"]: row.prob_negative, LABELS["neutral"]: row.prob_neutral, LABELS["positive"]: row.prob_positive}
+
+
 def _not_performed(text: str, label: str, reason: str) -> SentimentResult:
     return SentimentResult(text=text, sentiment_label=label, confidence=0.0, probability_distribution={},
                            success=False, error_message=reason, analysis_performed=False)  # fmt: skip
@@ -70,9 +77,10 @@ class WeiboSentimentAnalyzer:
             default: the environment variable ``WEIBO_SENTIMENT_MODEL``.
         config: a ``main.py`` YAML config (base model, max_length, runtime); default: ``WEIBO_SENTIMENT_CONFIG``.
         runtime: ``torch`` or ``onnxruntime``; quantize: ``int8``; device: ``cpu`` or ``cuda``.
-        neutral_band: ``(low, high)`` on the probability of positive: inside it a post is ``中性``; default: the
-            config's ``model.neutral_band``, else ``settings.DEFAULT_NEUTRAL_BAND`` (0.3, 0.7: where the model is
-            near chance, README Neutral band); ``False``: two classes only.
+        neutral_band: for a two-class model, ``(low, high)`` on the probability of positive: inside it a post is
+            ``中性``; default: the config's ``model.neutral_band``, else ``settings.DEFAULT_NEUTRAL_BAND`` (0.3, 0.7:
+            where the model is near chance, README Neutral band); ``False``: two classes only. A three-class model
+            says 中性 itself and takes no band.
         batch_size: posts per forward pass at most.
     """
 
@@ -135,7 +143,7 @@ class WeiboSentimentAnalyzer:
             self._analyzer = SentimentAnalyzer.load(self.model, config=self.config, runtime=self.runtime,
                                                     quantize=self.quantize, batch_size=self.batch_size,
                                                     device=self.device or "cpu")  # fmt: skip
-            self._analyzer.neutral_band = self._chosen_band(self._analyzer.neutral_band)
+            self._analyzer.neutral_band = self._chosen_band(self._analyzer.neutral_band, self._analyzer.source.num_labels)
         except ImportError as err:
             self.disable(f"缺少依赖: {err.name or err}，情感分析已禁用。", drop_state=True)
             return False
@@ -185,11 +193,8 @@ class WeiboSentimentAnalyzer:
                     results[i] = SentimentResult(texts[i], "分析失败", 0.0, {}, False, f"预测时发生错误: {err}", False)
                 continue
             for i, row in zip(chunk, rows):
-                results[i] = SentimentResult(
-                    text=texts[i], sentiment_label=LABELS.get(row.sentiment, row.sentiment),
-                    confidence=row.confidence,
-                    probability_distribution={LABELS["negative"]: 1.0 - row.prob_positive,
-                                              LABELS["positive"]: row.prob_positive})  # fmt: skip
+                results[i] = SentimentResult(text=texts[i], sentiment_label=LABELS.get(row.sentiment, row.sentiment),
+                                             confidence=row.confidence, probability_distribution=_distribution(row))
             if show_progress and len(texts) > 1:
                 print(f"处理进度: {min(start + PROGRESS_CHUNK, len(to_label))}/{len(to_label)}", flush=True)
         return results  # type: ignore[return-value]
@@ -253,20 +258,28 @@ class WeiboSentimentAnalyzer:
 
     def get_model_info(self) -> dict[str, Any]:
         """What labels: the model, its mode, the labels it gives, whether it is loaded."""
-        levels = [LABELS["negative"], *([LABELS["neutral"]] if self._band() else []), LABELS["positive"]]
+        three_class = self._analyzer is not None and self._analyzer.source.num_labels == 3
+        levels = [LABELS["negative"], *([LABELS["neutral"]] if three_class or self._band() else []), LABELS["positive"]]
         return {"model_name": f"weibo-sentiment ({self.model})", "model": self.model, "config": self.config,
                 "mode": self._analyzer.mode if self._analyzer is not None else None,
                 "supported_languages": ["中文"], "sentiment_levels": levels, "neutral_band": self._band(),
                 "is_initialized": self.is_initialized, "is_disabled": self.is_disabled,
                 "device": self.device or "cpu"}  # fmt: skip
 
-    def _chosen_band(self, configured: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
-        """The band asked for, else the config's, else the default; none when asked for ``False``."""
+    def _chosen_band(self, configured: Optional[tuple[float, float]], num_labels: int = 2) -> Optional[tuple[float, float]]:
+        """The band asked for, else the config's, else the default; none when asked for ``False``, and none for a
+        three-class model, whose 中性 is its own (a band asked for with one is an error: the analyzer is disabled)."""
+        from weibo_sentiment.errors import UserError
         from weibo_sentiment.settings import DEFAULT_NEUTRAL_BAND, checked_neutral_band
 
         if self.neutral_band is False:
             return None
-        if self.neutral_band is not None and self.neutral_band is not True:
+        asked = self.neutral_band is not None and self.neutral_band is not True
+        if num_labels == 3:
+            if asked:
+                raise UserError("neutral_band is for two-class models; this model has a neutral class (中性) of its own")
+            return None
+        if asked:
             return checked_neutral_band(self.neutral_band)
         return configured or DEFAULT_NEUTRAL_BAND
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
+from weibo_sentiment.classes import check_label_map, class_names
 from weibo_sentiment.data.database import is_database_url
 from weibo_sentiment.emoticons import DEFAULT_PATTERN
 from weibo_sentiment.errors import UserError
@@ -29,7 +30,8 @@ class ModelSettings:
         model_name_or_path: the backbone: a hub id or a local model directory; for ``predict``, also a directory
             written by ``weibo_sentiment.export`` (ONNX, no base model needed).
         adapter_path: start from a saved peft adapter directory instead of a fresh LoRA (its own config wins).
-        num_labels: number of classes (2: 0 = negative, 1 = positive).
+        num_labels: number of classes: 2 (0 = negative, 1 = positive) or 3 (2 = neutral as well, learned from posts
+            people labelled neutral; README, Classes).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA input.
@@ -45,8 +47,9 @@ class ModelSettings:
             posts, and a post's probabilities do not depend on its batch); ``int8-dynamic``: one activation scale
             per batch (~1.1x faster without VNNI, but a post's probability moves with its neighbours); README
             Speed; default: none.
-        neutral_band: ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its label stays the model's
-            0 or 1) and summaries count three classes; default: none (README, Neutral band).
+        neutral_band: for a two-class model, ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its
+            label stays the model's 0 or 1) and summaries count three classes; default: none (README, Neutral band).
+            A three-class model says neutral itself and takes no band.
         view_consistency: with ``data.emoticon_views: 2``, the weight (lambda) of the symmetric KL divergence between
             the predictions for a post as written and without its emoticon tags, added to their cross-entropy
             (0.1: 1.0 cost 0.06 more val_f1 on m3e-small, README Emoticons).
@@ -70,8 +73,7 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         self.target_modules = list(self.target_modules)  # a tuple from Python or a list from YAML: saved as a list
-        if self.num_labels < 2:
-            raise UserError(f"model.num_labels is the number of classes, at least 2; got {self.num_labels}")
+        class_names(self.num_labels)  # 2 or 3
         if self.lora_r < 1 or self.lora_alpha <= 0:
             raise UserError(f"model.lora_r must be at least 1 and lora_alpha above 0; got {self.lora_r}, {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0 or not 0.0 <= self.warmup_ratio <= 1.0:
@@ -80,6 +82,9 @@ class ModelSettings:
         if self.learning_rate <= 0:
             raise UserError(f"model.learning_rate must be above 0; got {self.learning_rate}")
         band = checked_neutral_band(self.neutral_band)
+        if band is not None and self.num_labels == 3:
+            raise UserError("model.neutral_band is for two-class models; this one has a neutral class of its own "
+                            "(model.num_labels 3): leave the band out")  # fmt: skip
         self.neutral_band = list(band) if band is not None else None
 
 
@@ -101,6 +106,42 @@ def checked_neutral_band(band: Optional[Sequence[float]]) -> Optional[tuple[floa
 
 
 @dataclass
+class LabelledSource:
+    """A file of labelled posts to train or validate on, read with settings of its own (a corpus labelled from
+    emoticons, posts labelled by people), e.g. SMP2020-EWECT's usual train as distributed::
+
+        - path: usual_train.json      # [{"id": 1, "content": "...", "label": "happy"}, ...]
+          text_column: content
+
+    Args:
+        path: a CSV, TSV, JSONL or JSON-array file with a header or fields naming the text and label columns.
+        text_column: the column holding the post; default: ``data.text_column``.
+        label_column: the column holding its label; default: ``data.label_column``.
+        label_map: labels of this file and what they mean (``happy: positive``, ``surprise: null`` to leave them out),
+            over the default map (label numbers, class names, SMP2020-EWECT's emotions; README, Classes);
+            default: ``data.label_map``.
+        emoticon_dropout: probability that a training post of this file loses its emoticon tags, drawn anew each
+            epoch (1.0: always, 0.0: never); default: ``data.emoticon_dropout``.
+        weight: training posts drawn from this file each epoch, as a multiple of its posts: 1.0 each once, 0.25 a
+            quarter of them (drawn anew each epoch), 2.0 each twice.
+    """
+
+    path: str
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
+    label_map: Optional[dict[str, Optional[str]]] = None
+    emoticon_dropout: Optional[float] = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_label_map(self.label_map, f"the label_map of {self.path}")
+        if self.emoticon_dropout is not None and not 0.0 <= self.emoticon_dropout <= 1.0:
+            raise UserError(f"{self.path}: emoticon_dropout is a probability, between 0 and 1; got {self.emoticon_dropout}")
+        if self.weight <= 0:
+            raise UserError(f"{self.path}: weight is the share of its posts drawn each epoch, above 0; got {self.weight}")
+
+
+@dataclass
 class DataSettings:
     """The posts: where they are, how they are read, tokenized and batched.
 
@@ -118,7 +159,18 @@ class DataSettings:
             are read in its order); with ``table`` too, its labels are recorded as that table's (the SELECT picks
             some of its rows), else as ``query``'s.
         text_column: the column (or JSON field) holding the post (MindSpider/MediaCrawler: ``content``).
-        label_column: the column holding the label (1 = positive, 0 = negative).
+        label_column: the column holding the label (1 = positive, 0 = negative, 2 = neutral; or a class name or an
+            annotator's emotion, see ``label_map``).
+        label_map: labels of ``train_path``, ``val_path`` and ``test_path`` and what they mean, over the default map
+            (label numbers, class names, and SMP2020-EWECT's emotions: happy -> positive; angry, sad, fear ->
+            negative; neutral -> neutral; surprise -> null, left out); e.g. ``{surprise: positive}``.
+        train_weight: ``train_path``'s training posts drawn each epoch, as a multiple of them (1.0: each once; 0.25:
+            a quarter, drawn anew each epoch), when it is mixed with ``train_sources``.
+        train_sources: more labelled files to train on beside ``train_path`` (each a :class:`LabelledSource`, with its
+            own columns, label map, emoticon dropout and weight), e.g. posts labelled by people.
+        human_val: posts labelled by people (a :class:`LabelledSource`, e.g. SMP2020-EWECT's usual_eval) scored at
+            every validation beside the corpus's own: ``val_f1_human`` (positive-versus-negative macro-F1 on its
+            positive and negative posts) and, for a three-class model, ``val_f1_human_3class``.
         id_column: a column copied to the predictions so they can be joined back, if the file has it; for a
             database, the id recorded in the labels table (``note_id``, ``comment_id``; default: the table's
             primary key).
@@ -156,6 +208,10 @@ class DataSettings:
     query: Optional[str] = None
     text_column: str = "review"
     label_column: str = "label"
+    label_map: Optional[dict[str, Optional[str]]] = None
+    train_weight: float = 1.0
+    train_sources: list[LabelledSource] = field(default_factory=list)
+    human_val: Optional[LabelledSource] = None
     id_column: Optional[str] = "id"
     keep_columns: list[str] = field(default_factory=list)
     follow: Optional[float] = None
@@ -182,6 +238,13 @@ class DataSettings:
             raise UserError(f"data.val_fraction is the share of train_path held out, from 0 to below 1; got "
                             f"{self.val_fraction}")  # fmt: skip
         self.keep_columns = list(self.keep_columns)
+        check_label_map(self.label_map)
+        if self.train_weight <= 0:
+            raise UserError(f"data.train_weight is the share of train_path's posts drawn each epoch, above 0; got "
+                            f"{self.train_weight}")  # fmt: skip
+        # From YAML or the command line they arrive as dicts; from Python, as LabelledSource already.
+        self.train_sources = [as_source(source) for source in self.train_sources or []]
+        self.human_val = as_source(self.human_val) if self.human_val is not None else None
         from_database = is_database_url(self.predict_path)
         for name in ("table", "query", "follow"):
             if getattr(self, name) is not None and self.predict_path is not None and not from_database:
@@ -192,6 +255,18 @@ class DataSettings:
         for name in ("max_length", "batch_size", "eval_batch_size", "predict_window"):
             if getattr(self, name) < 1:
                 raise UserError(f"data.{name} must be at least 1; got {getattr(self, name)}")
+
+
+def as_source(value: Any) -> LabelledSource:
+    """A :class:`LabelledSource` from itself, a dict of its fields, or jsonargparse's namespace of them."""
+    if isinstance(value, LabelledSource):
+        return value
+    fields = dict(vars(value)) if not isinstance(value, dict) else dict(value)
+    unknown = sorted(set(fields) - set(LabelledSource.__dataclass_fields__))
+    if unknown or "path" not in fields:
+        raise UserError(f"a labelled source is {{path, text_column, label_column, label_map, emoticon_dropout, weight}}; "
+                        f"got {fields}")  # fmt: skip
+    return LabelledSource(**fields)
 
 
 @dataclass

@@ -29,7 +29,8 @@ from typing import Any, Literal, Optional
 
 from weibo_sentiment.data.database import LABELS_TABLE, is_database_url
 from weibo_sentiment.errors import UserError, exit_on_user_error
-from weibo_sentiment.inference.outputs import EMPTY, NEUTRAL, SENTIMENTS, PredictionSummary, sentiment_of
+from weibo_sentiment.classes import NEGATIVE, NEUTRAL, POSITIVE
+from weibo_sentiment.inference.outputs import EMPTY, PredictionSummary, sentiment_of
 from weibo_sentiment.settings import checked_neutral_band
 
 PERIODS = ("hour", "day", "week")
@@ -49,6 +50,7 @@ class Labelled:
     prob_positive: Optional[float]
     label: Optional[int]
     text: str = ""
+    three_class: bool = False  # labelled by a three-class model: its neutral is the model's, no band applies
 
 
 def period_of(value: Any, by: str, utc_offset: float) -> Optional[str]:
@@ -90,7 +92,7 @@ class Cell:
             self.confidence_sum += post.confidence
 
     def row(self, period: str, group: str) -> dict[str, Any]:
-        positive, neutral, negative = (self.counts[name] for name in (SENTIMENTS[1], NEUTRAL, SENTIMENTS[0]))
+        positive, neutral, negative = (self.counts[name] for name in (POSITIVE, NEUTRAL, NEGATIVE))
         classified = positive + neutral + negative
         share = (lambda n: round(n / classified, 6)) if classified else (lambda n: None)
         return {"period": period, "group": group, "posts": sum(self.counts.values()), "positive": positive,
@@ -106,7 +108,7 @@ def trend_rows(posts: Iterable[Labelled], by: str, utc_offset: float = 8.0,
     summary = PredictionSummary("text")
     untimed = 0
     for post in posts:
-        if neutral_band is not None and post.sentiment != EMPTY and post.prob_positive is not None:
+        if neutral_band is not None and post.sentiment != EMPTY and post.prob_positive is not None and not post.three_class:
             post.sentiment = sentiment_of(int(post.label), post.prob_positive, neutral_band)
         summary.add([{"sentiment": post.sentiment, "confidence": post.confidence,
                       "prob_positive": post.prob_positive}], [post.text])  # fmt: skip
@@ -144,7 +146,7 @@ def from_file(path: Path, time_column: str, group_column: Optional[str]) -> Iter
             label = record.get("label")
             yield Labelled(record[time_column], str(record[group_column]) if group_column else ALL,
                            record["sentiment"], _number(record.get("confidence")), _number(record["prob_positive"]),
-                           None if label in (None, "") else int(label), text)  # fmt: skip
+                           None if label in (None, "") else int(label), text, "prob_neutral" in record)  # fmt: skip
 
 
 def from_database(url: str, table: str, id_column: str, time_column: str, group_column: Optional[str],
@@ -169,7 +171,8 @@ def from_database(url: str, table: str, id_column: str, time_column: str, group_
         for column in (id_column, time_column, group_column):
             if column is not None and column not in posts.c:
                 raise UserError(f"{describe(url)}: the table {table} has no column {column!r}")
-        labels = labels_table_definition(labels_table, metadata)
+        three_class = "prob_neutral" in {column["name"] for column in inspector.get_columns(labels_table)}
+        labels = labels_table_definition(labels_table, metadata, 3 if three_class else 2)
         with engine.connect() as connection:
             if model is None:
                 model = connection.execute(
@@ -180,13 +183,14 @@ def from_database(url: str, table: str, id_column: str, time_column: str, group_
                                     f"(main.py predict --data.table {table} ...)")  # fmt: skip
             text = posts.c[text_column] if text_column in posts.c else sa.literal("")
             group = posts.c[group_column] if group_column else sa.literal(ALL)
+            neutral = labels.c.prob_neutral if three_class else sa.literal(None)
             query = (sa.select(posts.c[time_column], group, labels.c.sentiment, labels.c.confidence,
-                               labels.c.prob_positive, labels.c.label, text)
+                               labels.c.prob_positive, labels.c.label, text, neutral)
                      .join_from(posts, labels, sa.and_(labels.c.source_table == table, labels.c.model == model,
                                                        labels.c.source_id == sa.cast(posts.c[id_column], sa.String))))  # fmt: skip
             for row in connection.execution_options(stream_results=True, yield_per=5000).execute(query):
                 yield Labelled(row[0], str(row[1]) if row[1] is not None else "", row[2], row[3], row[4], row[5],
-                               row[6] or "")  # fmt: skip
+                               row[6] or "", row[7] is not None)  # fmt: skip
     except sa.exc.DBAPIError as err:
         raise database_error(url, err, f"reading the labels of {table}") from None
     finally:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from weibo_sentiment.classes import CLASS_NAMES, NEUTRAL
 from weibo_sentiment.data.readers import Post
 from weibo_sentiment.data.tokenizer import Tokenize, pad_to_longest
 from weibo_sentiment.emoticons import EmoticonTags
@@ -24,10 +25,16 @@ class TokenizedPosts(Dataset):
     nothing but tags is left) for the text-only metric. An ``(index, strip)`` pair, as the
     :class:`LengthGroupedBatches` yields them, gives one version: tag-free when ``strip`` (and something is left),
     with the post's index (``post``) so that two views of one post can be paired in a batch.
+
+    ``classes`` (one per post, or one for all) says which classes a post's loss is over: a three-class model learns
+    from a source whose posts are labelled only negative or positive (a corpus labelled from emoticons) over those
+    two alone, so that it is not taught that nothing is neutral (``classes_of``); ``None``: every class.
     """
 
-    def __init__(self, posts: Sequence[Post], tokenize: Tokenize, emoticons: EmoticonTags) -> None:
+    def __init__(self, posts: Sequence[Post], tokenize: Tokenize, emoticons: EmoticonTags,
+                 classes: Optional[tuple[bool, ...]] | Sequence[Optional[tuple[bool, ...]]] = None) -> None:  # fmt: skip
         self.posts = list(posts)
+        self.classes = list(classes) if isinstance(classes, list) else [classes] * len(self.posts)
         self.input_ids = tokenize([post.text for post in self.posts])
         stripped = [emoticons.strip(post.text) for post in self.posts]
         changed = [i for i, (post, text) in enumerate(zip(self.posts, stripped)) if text != post.text]
@@ -53,9 +60,22 @@ class TokenizedPosts(Dataset):
             index, strip = key
             ids = self.text_input_ids[index] if strip and self.text_input_ids[index] is not None else None
             return {"input_ids": ids or self.input_ids[index], "label": self.posts[index].label, "post": index,
-                    "stripped": ids is not None}  # fmt: skip
+                    "stripped": ids is not None, "classes": self.classes[index]}  # fmt: skip
         ids = self.input_ids[key]
-        return {"input_ids": ids, "text_input_ids": self.text_input_ids[key], "label": self.posts[key].label}
+        return {"input_ids": ids, "text_input_ids": self.text_input_ids[key], "label": self.posts[key].label,
+                "classes": self.classes[key]}  # fmt: skip
+
+
+def classes_of(posts: Sequence[Post], num_labels: int) -> Optional[tuple[bool, ...]]:
+    """The classes a loss over these posts may use: ``None`` (all) unless the model has a neutral class that none of
+    the posts carries; then negative and positive alone. Negative and positive are never masked: a source of one
+    class only would otherwise teach nothing."""
+    if num_labels < 3 or any(post.label == NEUTRAL_LABEL for post in posts):
+        return None
+    return tuple(label != NEUTRAL_LABEL for label in range(num_labels))
+
+
+NEUTRAL_LABEL = CLASS_NAMES.index(NEUTRAL)
 
 
 class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
@@ -68,6 +88,10 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
     ``emoticon_dropout`` for posts that have tags to remove; with ``views=2`` every post that has tags to remove
     comes twice in its batch, as written and without its tags (two-view training), the others once.
 
+    Posts from several sources (``sources``: each post's source number) are drawn per epoch by their source's
+    weight (``weights``): 1.0 takes each post once, 0.25 a quarter of them (drawn anew each epoch), 2.5 each twice
+    and half of them a third time; ``emoticon_dropout`` may be one probability or one per post (each source's).
+
     Everything is a function of the seed and the epoch, so a resumed run sees the same batches: :meth:`resume`
     skips the batches a checkpoint had already trained on (the data module's ``state_dict`` records them). Under several processes each rank takes every
     ``world_size``-th batch, all ranks the same number.
@@ -78,22 +102,32 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         lengths: Sequence[int],
         stripped_lengths: Sequence[Optional[int]],
         batch_size: int,
-        emoticon_dropout: float = 0.0,
+        emoticon_dropout: float | Sequence[float] = 0.0,
         seed: int = 0,
         group_batches: int = 50,
         rank: int = 0,
         world_size: int = 1,
         current_epoch: Optional[Callable[[], int]] = None,
         views: int = 1,
+        sources: Optional[Sequence[int]] = None,
+        weights: Optional[Sequence[float]] = None,
     ) -> None:
         self.lengths = torch.tensor(list(lengths))
         # A post whose tags cannot be removed (none, or nothing but tags) keeps its own length when "stripped".
         self.stripped_lengths = torch.tensor([s if s is not None else n for s, n in zip(stripped_lengths, lengths)])
         self.strippable = torch.tensor([s is not None for s in stripped_lengths], dtype=torch.bool)
-        self.batch_size, self.emoticon_dropout, self.seed = batch_size, emoticon_dropout, seed
+        self.emoticon_dropout = torch.as_tensor(emoticon_dropout, dtype=torch.float32)
+        self.batch_size, self.seed = batch_size, seed
         self.group_batches, self.rank, self.world_size, self.views = group_batches, rank, world_size, views
         self.epoch, self._skip = 0, (0, 0)  # (epoch, batches) to skip once, set by resume()
         self.current_epoch = current_epoch  # the trainer's epoch, when there is a trainer (else set_epoch's)
+        # Each source's posts and weight; none when every post is drawn once per epoch (the order then stays what
+        # one source always gave).
+        self._sources: list[tuple[torch.Tensor, float]] = []
+        if sources is not None and weights is not None and any(weight != 1.0 for weight in weights):
+            source_of = torch.tensor(list(sources))
+            self._sources = [(torch.nonzero(source_of == number).flatten(), float(weight))
+                             for number, weight in enumerate(weights)]  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -102,13 +136,32 @@ class LengthGroupedBatches(Sampler[list[tuple[int, bool]]]):
         """Continue ``epoch`` after its first ``batches_done`` batches (those a checkpoint had trained on)."""
         self.epoch, self._skip = epoch, (epoch, batches_done)
 
+    def posts_per_epoch(self) -> int:
+        if not self._sources:
+            return len(self.lengths)
+        return sum(round(weight * len(posts)) for posts, weight in self._sources)
+
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size) // self.world_size
+        return math.ceil(self.posts_per_epoch() / self.batch_size) // self.world_size
+
+    def _drawn(self, generator: torch.Generator) -> torch.Tensor:
+        """This epoch's posts, by their source's weight: ``floor(weight)`` times each, and a random share of them for
+        the fraction."""
+        drawn = []
+        for posts, weight in self._sources:
+            whole, extra = int(weight), round(weight * len(posts)) - int(weight) * len(posts)
+            drawn += [posts] * whole + [posts[torch.randperm(len(posts), generator=generator)[:extra]]]
+        return torch.cat(drawn)
 
     def batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
         """This rank's batches of ``epoch``, in training order."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.lengths), generator=generator)
+        if self._sources:
+            drawn = self._drawn(generator)
+            order = drawn[torch.randperm(len(drawn), generator=generator)]
+        else:
+            order = torch.randperm(len(self.lengths), generator=generator)
+        # One draw per post (not per drawn copy): a post drawn twice in an epoch is stripped both times or neither.
         strip = (torch.rand(len(self.lengths), generator=generator) < self.emoticon_dropout) & self.strippable
         lengths = torch.where(strip, self.stripped_lengths, self.lengths)
         group = self.batch_size * self.group_batches
@@ -147,9 +200,13 @@ class PadLabelled:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = self._padded([item["input_ids"] for item in items], [item["label"] for item in items])
+        if any(item.get("classes") is not None for item in items):
+            batch["class_mask"] = class_mask([item.get("classes") for item in items])
         text_only = [item for item in items if item.get("text_input_ids") is not None]
         if text_only:
             batch["text_only"] = self._padded([i["text_input_ids"] for i in text_only], [i["label"] for i in text_only])
+            if "class_mask" in batch:
+                batch["text_only"]["class_mask"] = class_mask([i.get("classes") for i in text_only])
         rows: dict[int, dict[bool, int]] = {}
         for row, item in enumerate(items):
             if "post" in item:
@@ -158,6 +215,12 @@ class PadLabelled:
         if pairs:
             batch["view_pairs"] = torch.tensor(pairs, dtype=torch.long)
         return batch
+
+
+def class_mask(classes: list[Optional[tuple[bool, ...]]]) -> torch.Tensor:
+    """The classes each row's loss is over (``TokenizedPosts``), as a ``[rows, classes]`` bool tensor; ``None``: all."""
+    width = len(next(c for c in classes if c is not None))
+    return torch.tensor([c if c is not None else (True,) * width for c in classes], dtype=torch.bool)
 
 
 class CrossesAsArrays:

@@ -157,21 +157,28 @@ def open_database(url: str, must_exist: bool = False) -> Any:
 
 
 # ---- the labels table -------------------------------------------------------------------------------------------
-def labels_table_definition(name: str, metadata: Any) -> Any:
-    """The labels table: one row per (source table, source row, model)."""
+def labels_table_definition(name: str, metadata: Any, num_labels: int = 2) -> Any:
+    """The labels table: one row per (source table, source row, model); a three-class model's labels table also has
+    every class's probability (a two-class model's is the table it always was)."""
     import sqlalchemy as sa
 
+    three_class = [sa.Column(column, sa.Double, nullable=True) for column in THREE_CLASS_COLUMNS] if num_labels == 3 else []
     return sa.Table(
         name, metadata,
         sa.Column("source_table", sa.String(128), primary_key=True),  # the table the post lives in
         sa.Column("source_id", sa.String(255), primary_key=True),  # its id column's value, as text
         sa.Column("model", sa.String(64), primary_key=True),  # the trained model (engine.trained_model_id)
-        sa.Column("label", sa.SmallInteger, nullable=True),  # 0 negative, 1 positive; NULL: no text
-        sa.Column("sentiment", sa.String(16), nullable=False),  # negative, positive or empty
+        sa.Column("label", sa.SmallInteger, nullable=True),  # 0 negative, 1 positive, 2 neutral; NULL: no text
+        sa.Column("sentiment", sa.String(16), nullable=False),  # negative, positive, neutral or empty
         sa.Column("confidence", sa.Double, nullable=True),
         sa.Column("prob_positive", sa.Double, nullable=True),
         sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),  # UTC
+        *three_class,
     )  # fmt: skip
+
+
+THREE_CLASS_COLUMNS = ("prob_negative", "prob_neutral")
+"""The labels table's columns that only a three-class model fills (NULL in a two-class model's rows)."""
 
 
 @dataclass(frozen=True)
@@ -190,24 +197,40 @@ class LabelsTable:
     run) is left as it is, so a chunk never fails half-way for one row.
     """
 
-    def __init__(self, location: LabelsLocation, source_table: str) -> None:
+    def __init__(self, location: LabelsLocation, source_table: str, num_labels: int = 2) -> None:
         import sqlalchemy as sa
 
-        self.location, self.source_table = location, source_table
+        self.location, self.source_table, self.num_labels = location, source_table, num_labels
         self.engine = open_database(location.url)
         self._executor: Any = None
         self._pending: Any = None
-        self.table = labels_table_definition(location.table, sa.MetaData())
+        self.table = labels_table_definition(location.table, sa.MetaData(), num_labels)
 
     def create(self) -> None:
-        """Create the table if it is missing (the one write before labelling: no permission is said here)."""
+        """Create the table if it is missing (the one write before labelling: no permission is said here); a table
+        made by a two-class model gets the columns a three-class one fills (nullable: its rows keep NULL there)."""
         import sqlalchemy as sa
 
         try:
             self.table.create(self.engine, checkfirst=True)
+            if self.num_labels == 3:
+                self._add_three_class_columns()
         except sa.exc.DBAPIError as err:
             raise database_error(self.location.url, err, f"creating the labels table {self.location.table}") from None
         self.check_columns()
+
+    def _add_three_class_columns(self) -> None:
+        import sqlalchemy as sa
+
+        found = {column["name"] for column in sa.inspect(self.engine).get_columns(self.location.table)}
+        if not {"label", "sentiment", "prob_positive"} <= found:
+            return  # not a labels table: check_columns says so
+        table = self.engine.dialect.identifier_preparer.quote(self.location.table)
+        with self.engine.begin() as connection:
+            for column in self.table.columns:
+                if column.name in THREE_CLASS_COLUMNS and column.name not in found:
+                    type_ = column.type.compile(dialect=self.engine.dialect)
+                    connection.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column.name} {type_}"))
 
     def check_columns(self) -> None:
         import sqlalchemy as sa
@@ -240,7 +263,9 @@ class LabelsTable:
         now = datetime.datetime.now(datetime.timezone.utc)
         values = [{"source_table": self.source_table, "source_id": row["id"], "model": self.location.model,
                    "label": row["label"], "sentiment": row["sentiment"], "confidence": row["confidence"],
-                   "prob_positive": row["prob_positive"], "labelled_at": now} for row in rows]  # fmt: skip
+                   "prob_positive": row["prob_positive"], "labelled_at": now,
+                   **{column: row[column] for column in THREE_CLASS_COLUMNS if self.num_labels == 3}}
+                  for row in rows]  # fmt: skip
         try:
             with self.engine.begin() as connection:
                 connection.execute(self._insert(), values)

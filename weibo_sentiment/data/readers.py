@@ -12,12 +12,13 @@ import json
 import random
 import re
 import sys
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
+from weibo_sentiment.classes import LabelMap
 from weibo_sentiment.errors import UserError
 
 STDIN = "-"
@@ -56,8 +57,10 @@ class PostReader:
 
     Files are read as UTF-8 (a leading BOM and CRLF line ends are fine). CSV/TSV need a header row; JSONL needs one
     object per line; JSON (MediaCrawler's export) is one array of objects. Plain text is one post per line, blank
-    lines skipped. With ``label_column`` set, every record must carry a label in ``0 .. num_labels-1``;
-    ``keep_columns`` are carried in each post (``Post.kept``), a missing one is an error. Memory stays constant
+    lines skipped. With ``label_column`` set, every record must carry a label that ``label_map`` knows (a
+    :class:`~weibo_sentiment.classes.LabelMap`: a label number of the model, a class name or an annotator's emotion);
+    a post whose label the map leaves out (surprise; neutral for a two-class model) is skipped and counted in
+    ``left_out``. ``keep_columns`` are carried in each post (``Post.kept``), a missing one is an error. Memory stays constant
     whatever the file's size, except for a JSON array, which is parsed whole.
     """
 
@@ -70,6 +73,7 @@ class PostReader:
         fmt: Optional[str] = None,
         num_labels: int = 2,
         keep_columns: Sequence[str] = (),
+        label_map: Optional[Mapping[str, Optional[str]]] = None,
     ) -> None:
         self.path = str(path)
         if self.path != STDIN:
@@ -82,16 +86,20 @@ class PostReader:
         self.text_column = text_column
         self.label_column = label_column
         self.id_column = id_column
-        self.num_labels = num_labels
+        self.labels = LabelMap(num_labels, label_map)
+        self.left_out: Counter[str] = Counter()  # raw label -> posts skipped for it (``LabelMap``)
         self.keep_columns = tuple(keep_columns)
         if self.fmt == "txt" and (self.label_column is not None or self.keep_columns):
             what = f"a {label_column!r} column" if label_column is not None else "the columns to keep"
             raise UserError(f"{self.path}: plain text has no columns; {what} needs a CSV, TSV, JSONL or JSON file")
 
     def __iter__(self) -> Iterator[Post]:
+        self.left_out.clear()
         with self._reading() as records:
             for record, line_no in records:
-                yield self._as_post(record, line_no)
+                post = self._as_post(record, line_no)
+                if post is not None:
+                    yield post
 
     def count(self) -> Optional[int]:
         """How many posts iterating yields, in a quick pass that splits the file into records as iterating does
@@ -170,7 +178,7 @@ class PostReader:
         for number, record in enumerate(records, start=1):
             yield record, number
 
-    def _as_post(self, record: Any, line_no: int) -> Post:
+    def _as_post(self, record: Any, line_no: int) -> Optional[Post]:
         if self.fmt == "txt":
             return Post(record)
         if self.fmt == "jsonl":
@@ -188,7 +196,7 @@ class PostReader:
             raise UserError(f"{self.path} line {line_no}: expected a JSON object with a {self.text_column!r} field")
         return record
 
-    def _post(self, record: dict[str, Any], line_no: int) -> Post:
+    def _post(self, record: dict[str, Any], line_no: int) -> Optional[Post]:
         where = f"{self.path} {'object' if self.fmt == 'json' else 'line'} {line_no}"
         text = record.get(self.text_column)
         if text is None and self.text_column in record:
@@ -196,7 +204,11 @@ class PostReader:
         if not isinstance(text, str):
             raise UserError(f"{where}: no {self.text_column!r} text")
         post_id = record.get(self.id_column) if self.id_column else None
-        label = None if self.label_column is None else self._label(record.get(self.label_column), line_no)
+        label = None
+        if self.label_column is not None:
+            label = self._label(record.get(self.label_column), line_no)
+            if label is None:
+                return None
         kept = None
         if self.keep_columns:
             missing = [column for column in self.keep_columns if column not in record]
@@ -205,22 +217,38 @@ class PostReader:
             kept = {column: record[column] for column in self.keep_columns}
         return Post(text, label, None if post_id is None else str(post_id), kept)
 
-    def _label(self, value: Any, line_no: int) -> int:
-        allowed = range(self.num_labels)
+    def _label(self, value: Any, line_no: int) -> Optional[int]:
+        """The label number of a record's label, or ``None`` (counted in ``left_out``) when the map leaves it out."""
         text = str(value).strip() if value is not None else ""
-        if re.fullmatch(r"-?[0-9]+", text) and int(text) in allowed:
-            return int(text)
-        raise UserError(
-            f"{self.path} line {line_no}: label {text!r} is not one of {', '.join(map(str, allowed))} "
-            f"(column {self.label_column!r}; 1 = positive, 0 = negative)"
-        )
+        try:
+            label = self.labels(text)
+        except KeyError:
+            where = f"{self.path} {'object' if self.fmt == 'json' else 'line'} {line_no}"
+            raise UserError(
+                f"{where}: label {text!r} is not one of {self.labels.numbers()} (column {self.label_column!r}; "
+                f"{self.labels.meaning()}), nor a class name or emotion that data.label_map knows; map it there"
+            ) from None
+        if label is None:
+            self.left_out[text] += 1
+        return label
 
 
-def read_labelled(path: str, text_column: str, label_column: str, num_labels: int = 2) -> list[Post]:
-    """All labelled posts of a training/validation/test file; an empty file is an error."""
-    posts = list(PostReader(path, text_column, label_column, id_column=None, num_labels=num_labels))
+def read_labelled(path: str, text_column: str, label_column: str, num_labels: int = 2,
+                  label_map: Optional[Mapping[str, Optional[str]]] = None,
+                  say: Optional[Callable[[str], None]] = None) -> list[Post]:  # fmt: skip
+    """All labelled posts of a training/validation/test file; ``say`` is given one line naming the posts left out for
+    their label, if any was. A file without posts, or whose posts were all left out, is an error."""
+    reader = PostReader(path, text_column, label_column, id_column=None, num_labels=num_labels, label_map=label_map)
+    posts = list(reader)
+    left_out = ""
+    if reader.left_out:
+        reasons = "; ".join(f"{count:,} labelled {label!r} ({reader.labels.left_out(label)})"
+                            for label, count in reader.left_out.most_common())  # fmt: skip
+        left_out = f"{path}: {sum(reader.left_out.values()):,} posts left out: {reasons}"
     if not posts:
-        raise UserError(f"{path}: has a header but no posts")
+        raise UserError(f"{path}: has a header but no posts" if not reader.left_out else f"{left_out}, so none is left")
+    if left_out and say is not None:
+        say(left_out)
     return posts
 
 

@@ -12,10 +12,11 @@ label through the same engine, batching and rows, so every entry point gives the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from weibo_sentiment.classes import probability_columns
 from weibo_sentiment.data.database import LABELS_TABLE
 from weibo_sentiment.inference.model_source import ModelSource, is_exported, source_of_path
 
@@ -25,12 +26,15 @@ class SentimentRow:
     """What the model says of one post.
 
     Attributes:
-        label: 0 (negative) or 1 (positive); ``None`` for a post without text.
-        sentiment: ``negative``, ``positive``, or ``empty`` for a post without text.
-        confidence: the larger of the two probabilities (``None`` when empty).
+        label: 0 (negative), 1 (positive) or, for a three-class model, 2 (neutral); ``None`` for a post without text.
+        sentiment: ``negative``, ``positive``, ``neutral`` (a three-class model's, or a two-class model's inside a
+            neutral band), or ``empty`` for a post without text.
+        confidence: the probability of the likeliest class (``None`` when empty).
         prob_positive: the probability of ``positive`` (``None`` when empty).
         emoticons: the post's emoticon tags (``[哈哈][泪]``), which a prediction may rest on.
         truncated: the post was longer than the model reads (``max_length`` tokens) and was read up to there.
+        prob_negative, prob_neutral: a three-class model's probabilities of those classes (``None`` otherwise).
+        num_labels: the model's number of classes: its rows as dicts carry every class's probability when it is 3.
     """
 
     label: Optional[int]
@@ -39,9 +43,16 @@ class SentimentRow:
     prob_positive: Optional[float]
     emoticons: str
     truncated: bool = False
+    prob_negative: Optional[float] = None
+    prob_neutral: Optional[float] = None
+    num_labels: int = field(default=2, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as ``main.py predict`` writes it (and the API answers it), the probabilities of a three-class model
+        included."""
+        return {"label": self.label, "sentiment": self.sentiment, "confidence": self.confidence,
+                **{column: getattr(self, column) for column in probability_columns(self.num_labels)},
+                "emoticons": self.emoticons, "truncated": self.truncated}  # fmt: skip
 
 
 class SentimentAnalyzer:
@@ -85,8 +96,9 @@ class SentimentAnalyzer:
             precision: ``32-true`` or ``bf16-mixed`` (torch).
             batch_size: posts per forward pass at most (default: the config's ``data.eval_batch_size``, 64).
             device: ``cpu`` or ``cuda`` (torch).
-            neutral_band: ``(low, high)``: a post whose ``prob_positive`` lies in it is ``neutral`` (its label stays
-                the model's); default: the config's ``model.neutral_band``, else none.
+            neutral_band: ``(low, high)``, for a two-class model: a post whose ``prob_positive`` lies in it is
+                ``neutral`` (its label stays the model's); default: the config's ``model.neutral_band``, else none. A
+                three-class model says neutral itself and takes no band.
         """
         if config is None and model is not None:  # the checkpoint's own base model and max_length, or the defaults
             source = source_of_path(model, base_model)
@@ -122,12 +134,16 @@ class SentimentAnalyzer:
         from weibo_sentiment.data.tokenizer import Tokenize, tokenizer_of
         from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
         from weibo_sentiment.inference.engine import engine_for_source
+        from weibo_sentiment.errors import UserError
         from weibo_sentiment.settings import checked_neutral_band
 
+        band = checked_neutral_band(neutral_band)
+        if band is not None and source.num_labels == 3:
+            raise UserError(f"neutral_band is for two-class models; {source.describe()} has a neutral class of its own: "
+                            "leave the band out")  # fmt: skip
         engine = engine_for_source(source, runtime, quantize, precision, torch.device(device))
         tokenize = Tokenize(tokenizer_of(source.tokenizer), source.max_length)
-        return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size,
-                   checked_neutral_band(neutral_band))  # fmt: skip
+        return cls(engine, tokenize, EmoticonTags(emoticon_pattern or DEFAULT_PATTERN), source, batch_size, band)
 
     @property
     def mode(self) -> str:
@@ -159,7 +175,9 @@ class SentimentAnalyzer:
                 probabilities[positions] = self.engine(batch["input_ids"], batch["attention_mask"]).cpu()
         rows = prediction_rows(posts, probabilities, "text", self.emoticons, truncated=truncated,
                                neutral_band=self.neutral_band)  # fmt: skip
-        return [SentimentRow(**{key: row[key] for key in SentimentRow.__dataclass_fields__}) for row in rows]
+        fields = [key for key in SentimentRow.__dataclass_fields__ if key != "num_labels"]
+        return [SentimentRow(**{key: row[key] for key in fields if key in row}, num_labels=self.engine.num_labels)
+                for row in rows]  # fmt: skip
 
     def label_database(
         self,
@@ -185,7 +203,7 @@ class SentimentAnalyzer:
 
         source = DatabasePosts.open(url, table, query, text_column, id_column)
         location = LabelsLocation(url, labels_table, self.engine.model_id)
-        labels = LabelsTable(location, source.source_table)
+        labels = LabelsTable(location, source.source_table, self.engine.num_labels)
         summary = PredictionSummary("text")
         try:
             labels.create()

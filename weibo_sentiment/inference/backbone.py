@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from weibo_sentiment.data.tokenizer import load_tokenizer, quiet_transformers
 from weibo_sentiment.errors import UserError, explain_load_error, first_line
-from weibo_sentiment.inference.model_source import label_names
+from weibo_sentiment.classes import class_names
 from weibo_sentiment.settings import ModelSettings
 
 CHECKPOINT_PREFIX = "model."
@@ -33,7 +33,7 @@ def load_backbone(name_or_path: str, num_labels: int) -> PreTrainedModel:
     come from the tokenizer (``[PAD]`` = 0), never from eos. Sequence classification pools the last non-pad token.
     """
     pad_token_id = load_tokenizer(name_or_path).pad_token_id
-    labels = label_names(num_labels)
+    labels = class_names(num_labels)
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(

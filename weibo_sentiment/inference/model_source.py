@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from weibo_sentiment.classes import BINARY, class_names
 from weibo_sentiment.errors import UserError, first_line
 
 LAST = "last"
 """``--ckpt_path last``: the newest ``last.ckpt`` under the run's ``lightning_logs/`` (or ``checkpoint.dirpath``)."""
-LABELS = ("negative", "positive")
-"""The name of each label: 0 = negative, 1 = positive."""
 ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
 """Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
 MANIFEST = "weibo_sentiment_export.json"
@@ -57,7 +56,7 @@ class ModelSource:
     tokenizer: str
     architecture: dict[str, Any] = field(default_factory=dict)
     max_length: int = 128
-    labels: tuple[str, ...] = LABELS
+    labels: tuple[str, ...] = BINARY
 
     @property
     def num_labels(self) -> int:
@@ -76,11 +75,6 @@ class ModelSource:
         if self.kind == "base":
             return f"base model {self.base_model}"
         return f"{self.kind} {self.path}" + (f" on {self.base_model}" if self.base_model else "")
-
-
-def label_names(num_labels: int) -> tuple[str, ...]:
-    """``negative``, ``positive``; a head with more classes names the others by number."""
-    return LABELS[:num_labels] + tuple(str(number) for number in range(len(LABELS), num_labels))
 
 
 def is_exported(path: Optional[str | Path]) -> bool:
@@ -152,7 +146,7 @@ def resolve_model_source(
         if ckpt_path or adapter_path:
             raise refuse_checkpoint(model_name_or_path)
         manifest = read_manifest(model_name_or_path)
-        labels = tuple(manifest.get("labels") or LABELS[: manifest["num_labels"]])
+        labels = tuple(manifest.get("labels") or class_names(manifest["num_labels"]))
         return ModelSource("exported", str(model_name_or_path), None, str(model_name_or_path),
                            {"num_labels": len(labels)}, int(manifest.get("max_length") or 128), labels)  # fmt: skip
     if ckpt_path and adapter_path:
@@ -177,7 +171,7 @@ def resolve_model_source(
 
 
 def _trained(kind: Kind, path: Optional[str], base: str, architecture: dict[str, Any], max_length: int) -> ModelSource:
-    labels = label_names(int(architecture.get("num_labels", len(LABELS))))
+    labels = class_names(int(architecture.get("num_labels", len(BINARY))))
     return ModelSource(kind, path, base, base, architecture, int(max_length), labels)
 
 

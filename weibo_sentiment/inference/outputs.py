@@ -14,23 +14,21 @@ from typing import IO, Any, Optional
 
 import torch
 
+from weibo_sentiment.classes import BINARY, CLASS_NAMES, NEGATIVE, NEUTRAL, POSITIVE, class_names, probability_columns
 from weibo_sentiment.data.readers import DELIMITER, Post
 from weibo_sentiment.emoticons import EmoticonTags
 
-SENTIMENTS = ("negative", "positive")
-"""The name of each label: 0 = negative, 1 = positive."""
-NEUTRAL = "neutral"
-"""The sentiment of a post whose ``prob_positive`` lies in the neutral band (its label stays the model's 0 or 1)."""
 EMPTY = "empty"
 """The sentiment of a prediction row whose post has no text to classify."""
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
-def prediction_columns(text_column: str, with_id: bool, keep_columns: Sequence[str] = ()) -> list[str]:
-    """The columns of a prediction row, in order: the id, the kept input columns, the text, then the model's."""
+def prediction_columns(text_column: str, with_id: bool, keep_columns: Sequence[str] = (), num_labels: int = 2) -> list[str]:
+    """The columns of a prediction row, in order: the id, the kept input columns, the text, then the model's (a
+    three-class model's rows carry every class's probability)."""
     kept = [column for column in keep_columns if column not in ("id", text_column)]
-    return (["id"] if with_id else []) + kept + [text_column, "label", "sentiment", "confidence", "prob_positive",
-                                                 "emoticons", "truncated"]  # fmt: skip
+    return (["id"] if with_id else []) + kept + [text_column, "label", "sentiment", "confidence",
+                                                 *probability_columns(num_labels), "emoticons", "truncated"]  # fmt: skip
 
 
 def prediction_rows(
@@ -43,14 +41,17 @@ def prediction_rows(
     neutral_band: Optional[Sequence[float]] = None,
 ) -> list[dict[str, Any]]:
     """One output row per post: [id,] [kept columns,] text, label, sentiment, confidence, prob_positive, emoticons,
-    truncated.
+    truncated; a three-class model's rows have prob_negative, prob_neutral, prob_positive.
 
     ``emoticons`` lists the post's tags (``[哈哈][泪]``) so a reader can see which predictions may rest on them;
     ``truncated`` says the post was longer than the model reads (``max_length`` tokens) and was read up to there.
     A post that was not classified (NaN probabilities: it has no text) keeps its row, marked ``sentiment``
     ``empty`` with no label, confidence or probability, so the rows after it never shift. With a ``neutral_band``
-    ``[low, high]``, a post whose ``prob_positive`` lies in it (both ends included) is ``neutral``.
+    ``[low, high]`` (two-class models), a post whose ``prob_positive`` lies in it (both ends included) is ``neutral``.
     """
+    num_labels = probabilities.shape[-1]
+    columns = probability_columns(num_labels)
+    class_columns = [f"prob_{name}" for name in class_names(num_labels)]  # by label number
     confidence, labels = probabilities.max(dim=-1)
     truncated = truncated or [False] * len(posts)
     rows = []
@@ -60,27 +61,24 @@ def prediction_rows(
         row.update(post.kept or {})
         row[text_column] = post.text
         if math.isnan(probs[0]):
-            row.update({"label": None, "sentiment": EMPTY, "confidence": None, "prob_positive": None})
+            row.update({"label": None, "sentiment": EMPTY, "confidence": None, **dict.fromkeys(columns)})
         else:
-            row.update(
-                {
-                    "label": label,
-                    "sentiment": sentiment_of(label, probs[1], neutral_band),
-                    "confidence": round(conf, 6),
-                    "prob_positive": round(probs[1], 6),
-                }
-            )
+            by_column = dict(zip(class_columns, probs))
+            row.update({"label": label, "sentiment": sentiment_of(label, probs[1], neutral_band, num_labels),
+                        "confidence": round(conf, 6), **{column: round(by_column[column], 6) for column in columns}})  # fmt: skip
         row["emoticons"] = "".join(emoticons.find(post.text))
         row["truncated"] = cut
         rows.append(row)
     return rows
 
 
-def sentiment_of(label: int, prob_positive: float, neutral_band: Optional[Sequence[float]] = None) -> str:
-    """``negative`` or ``positive`` by the label, ``neutral`` when ``prob_positive`` lies in the band."""
-    if neutral_band is not None and neutral_band[0] <= prob_positive <= neutral_band[1]:
+def sentiment_of(label: int, prob_positive: float, neutral_band: Optional[Sequence[float]] = None,
+                 num_labels: int = 2) -> str:  # fmt: skip
+    """The class name of a label (``negative``, ``positive``, ``neutral``); for a two-class model, ``neutral`` when
+    ``prob_positive`` lies in the band."""
+    if num_labels == 2 and neutral_band is not None and neutral_band[0] <= prob_positive <= neutral_band[1]:
         return NEUTRAL
-    return SENTIMENTS[label] if label < len(SENTIMENTS) else str(label)
+    return CLASS_NAMES[label]
 
 
 class RowFile:
@@ -164,7 +162,7 @@ class PredictionSummary:
 
     def sentiments(self) -> list[str]:
         """The sentiments found, known ones first."""
-        known = (SENTIMENTS[0], NEUTRAL, SENTIMENTS[1])
+        known = (NEGATIVE, NEUTRAL, POSITIVE)
         return [name for name in known if self.counts[name]] + sorted(
             name for name in self.counts if name not in known and name != EMPTY)
 
@@ -175,7 +173,7 @@ class PredictionSummary:
     def as_dict(self) -> dict[str, Any]:
         """The counts as the API answers them: posts, each sentiment's count and share of the classified posts, posts
         without text, mean confidence (shares and mean are ``None`` when no post was classified)."""
-        names = list(dict.fromkeys([*SENTIMENTS, *self.sentiments()]))
+        names = list(dict.fromkeys([*BINARY, *self.sentiments()]))
         share = (lambda n: round(n / self.classified, 6)) if self.classified else (lambda n: None)
         return {"count": self.posts, **{name: self.counts[name] for name in names}, EMPTY: self.counts[EMPTY],
                 **{f"{name}_share": share(self.counts[name]) for name in names},
@@ -186,18 +184,18 @@ class PredictionSummary:
         classified posts in percent (正面X%、负面Y%、中性Z%), the dominant sentiment, and the posts each side was
         surest of (``most`` of them), with the sentence an LLM-writing step can quote as it stands."""
         shares = {name: round(100 * self.counts[name] / self.classified, 1) if self.classified else None
-                  for name in (SENTIMENTS[1], NEUTRAL, SENTIMENTS[0])}  # fmt: skip
+                  for name in (POSITIVE, NEUTRAL, NEGATIVE)}  # fmt: skip
         dominant = max(shares, key=lambda name: self.counts[name]) if self.classified else None
-        zh = dict(zip((SENTIMENTS[1], NEUTRAL, SENTIMENTS[0]), ("正面", "中性", "负面")))
+        zh = dict(zip((POSITIVE, NEUTRAL, NEGATIVE), ("正面", "中性", "负面")))
         sentence = ("情感分布比例（" + "、".join(f"{zh[name]}{share}%" for name, share in shares.items()) + "）"
                     if self.classified else "没有可分析的内容")  # fmt: skip
         surest = {side: [{"text": text, "confidence": round(confidence, 4)}
-                         for confidence, text in self.surest(side)[:most]] for side in SENTIMENTS}  # fmt: skip
+                         for confidence, text in self.surest(side)[:most]] for side in BINARY}  # fmt: skip
         return {"posts": self.posts, "classified": self.classified, "empty": self.counts[EMPTY],
                 "counts": {name: self.counts[name] for name in shares}, "shares_percent": shares,
                 "dominant_sentiment": dominant, "dominant_sentiment_zh": zh.get(dominant),
                 "mean_confidence": round(self.mean_confidence, 4) if self.classified else None,
-                "most_negative_posts": surest[SENTIMENTS[0]], "most_positive_posts": surest[SENTIMENTS[1]],
+                "most_negative_posts": surest[NEGATIVE], "most_positive_posts": surest[POSITIVE],
                 "sentence": sentence}  # fmt: skip
 
     def line(self) -> str:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from weibo_sentiment.data.batching import (
     CrossesAsArrays,
+    classes_of,
     LengthGroupedBatches,
     PadLabelled,
     SortedPostBatches,
@@ -24,7 +25,7 @@ from weibo_sentiment.data.readers import STDIN, Post, PostReader, read_labelled,
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.settings import DataSettings
+from weibo_sentiment.settings import DataSettings, LabelledSource
 
 
 class WeiboDataModule(LightningDataModule):
@@ -46,6 +47,10 @@ class WeiboDataModule(LightningDataModule):
         query: Optional[str] = None,
         text_column: str = DataSettings.text_column,
         label_column: str = DataSettings.label_column,
+        label_map: Optional[dict[str, Optional[str]]] = None,
+        train_weight: float = DataSettings.train_weight,
+        train_sources: Optional[list[LabelledSource]] = None,
+        human_val: Optional[LabelledSource] = None,
         id_column: Optional[str] = DataSettings.id_column,
         keep_columns: Optional[list[str]] = None,
         follow: Optional[float] = None,
@@ -66,6 +71,7 @@ class WeiboDataModule(LightningDataModule):
         :class:`weibo_sentiment.settings.DataSettings`, which the API, the console and the export read too."""
         settings = {name: value for name, value in locals().items() if name in DataSettings.__dataclass_fields__}
         settings["keep_columns"] = keep_columns or []
+        settings["train_sources"] = train_sources or []
         super().__init__()
         s = self.settings = DataSettings(**settings)
         self.save_hyperparameters(asdict(s))
@@ -95,10 +101,15 @@ class WeiboDataModule(LightningDataModule):
         self.tokenize = Tokenize(self.tokenizer, self.max_length)
         if stage == "fit":
             train, val = self._train_and_val(stage)
-            self.datasets["train"] = TokenizedPosts(train, self.tokenize, self.emoticons)
-            self._add_evaluation_set("val", val)
+            self._add_training_set(train)
+            if val:
+                self._add_evaluation_set("val", val)
+            self._add_human_validation_set()
         elif stage == "validate":
-            self._add_evaluation_set("val", self._labelled(self.val_path) if self.val_path else self._train_and_val(stage)[1])
+            val = self._labelled(self.val_path) if self.val_path else self._train_and_val(stage)[1]
+            if val:
+                self._add_evaluation_set("val", val)
+            self._add_human_validation_set()
         elif stage == "test":
             self._add_evaluation_set("test", self._labelled(self._required("test_path", stage)))
         elif stage == "predict":
@@ -114,13 +125,45 @@ class WeiboDataModule(LightningDataModule):
                 self.datasets["predict"] = reader
         self._ready_stages.add(stage)
 
+    def _add_training_set(self, corpus: list[Post]) -> None:
+        """The training posts: ``train_path``'s (less its validation split) and every ``train_sources`` file's, each
+        with its emoticon dropout, weight and the classes its loss is over (``classes_of``)."""
+        s = self.settings
+        parts = [(corpus, s.emoticon_dropout, s.train_weight)] if corpus else []
+        for source in s.train_sources:
+            dropout = source.emoticon_dropout if source.emoticon_dropout is not None else s.emoticon_dropout
+            parts.append((self._read(source), dropout, source.weight))
+        if not parts:
+            raise UserError("'fit' needs posts to train on: pass --data.train_path FILE or data.train_sources")
+        posts = [post for part, _, _ in parts for post in part]
+        classes = [classes_of(part, self.num_labels) for part, _, _ in parts]
+        train = self.datasets["train"] = TokenizedPosts(posts, self.tokenize, self.emoticons,
+                                                        [c for part, c in zip(parts, classes) for _ in part[0]])  # fmt: skip
+        self._draws = {"emoticon_dropout": [dropout for part, dropout, _ in parts for _ in part],
+                       "sources": [number for number, (part, _, _) in enumerate(parts) for _ in part],
+                       "weights": [weight for _, _, weight in parts]}  # fmt: skip
+        if len(parts) > 1:
+            drawn = ", ".join(f"{len(part):,} x {weight:g} ({'train_path' if number == 0 and corpus else 'source'} "
+                              f"{number})" for number, (part, _, weight) in enumerate(parts))  # fmt: skip
+            rank_zero_info(f"Training on {len(train):,} posts of {len(parts)} sources, drawn per epoch: {drawn}")
+
+    def _add_human_validation_set(self) -> None:
+        if self.settings.human_val is not None:
+            self._add_evaluation_set("val_human", self._read(self.settings.human_val))
+
     def _add_evaluation_set(self, split: str, posts: list[Post]) -> None:
-        dataset = self.datasets[split] = TokenizedPosts(posts, self.tokenize, self.emoticons)
-        if dataset.tags_only:
+        dataset = self.datasets[split] = TokenizedPosts(posts, self.tokenize, self.emoticons,
+                                                        classes_of(posts, self.num_labels))  # fmt: skip
+        if dataset.tags_only and split != "val_human":
             rank_zero_info(
                 f"{dataset.tags_only} of {len(dataset)} {split} posts are nothing but emoticon tags: "
                 f"left out of {split}_f1_text"
             )
+
+    def evaluation_sets(self, stage: str) -> list[str]:
+        """The datasets a validation (``val``, ``val_human``) or a test (``test``) scores, in dataloader order."""
+        names = ("val", "val_human") if stage == "val" else (stage,)
+        return [name for name in names if name in self.datasets]
 
     def _required(self, name: str, stage: str) -> str:
         path = getattr(self, name)
@@ -129,11 +172,23 @@ class WeiboDataModule(LightningDataModule):
             raise UserError(f"'{stage}' needs posts to work on: pass --data.{name} FILE{also}, or set it in the config")
         return path
 
+    def _read(self, source: LabelledSource) -> list[Post]:
+        """A labelled file's posts, read with its own columns and label map (else the data section's); the posts its
+        label map leaves out are said once."""
+        s = self.settings
+        return read_labelled(source.path, source.text_column or s.text_column, source.label_column or s.label_column,
+                             self.num_labels, source.label_map if source.label_map is not None else s.label_map,
+                             say=rank_zero_info)  # fmt: skip
+
     def _labelled(self, path: str) -> list[Post]:
-        return read_labelled(path, self.text_column, self.label_column, self.num_labels)
+        return self._read(LabelledSource(path))
 
     def _train_and_val(self, stage: str) -> tuple[list[Post], list[Post]]:
-        """Training and validation posts: ``val_path``'s, or the held-out split of ``train_path``."""
+        """Training and validation posts: ``val_path``'s, or the held-out split of ``train_path``. With only
+        ``train_sources`` to train on, ``val_path``'s (or none: ``human_val`` validates)."""
+        s = self.settings
+        if self.train_path is None and (s.human_val is not None or (stage == "fit" and s.train_sources)):
+            return [], self._labelled(self.val_path) if self.val_path else []
         posts = self._labelled(self._required("train_path", stage))
         if self.val_path is not None:
             return posts, self._labelled(self.val_path)
@@ -148,6 +203,11 @@ class WeiboDataModule(LightningDataModule):
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _evaluation_loaders(self, stage: str) -> DataLoader | list[DataLoader]:
+        """One loader per evaluation set (``evaluation_sets``); a lone set's loader as it is."""
+        loaders = [self._evaluation_loader(split) for split in self.evaluation_sets(stage)]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def _evaluation_loader(self, split: str) -> DataLoader:
         rank, world_size = self._rank_and_world()
@@ -170,9 +230,9 @@ class WeiboDataModule(LightningDataModule):
         # seed_everything (the config's seed_everything) records the run's seed here, for every process.
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
-        batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size,
-                                       self.emoticon_dropout, seed, rank=rank, world_size=world_size,
-                                       current_epoch=epoch, views=self.emoticon_views)  # fmt: skip
+        batches = LengthGroupedBatches(train.lengths(), train.stripped_lengths(), self.batch_size, seed=seed,
+                                       rank=rank, world_size=world_size, current_epoch=epoch,
+                                       views=self.emoticon_views, **self._draws)  # fmt: skip
         if self._resume_at is not None:
             batches.resume(*self._resume_at)
             self._resume_at = None
@@ -200,11 +260,11 @@ class WeiboDataModule(LightningDataModule):
         if state:
             self._resume_at = (state["epoch"], state["batches_done"])
 
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._evaluation_loaders("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._evaluation_loaders("test")
 
     def only_unlabelled(self, labels: LabelsLocation) -> None:
         """Read only the posts that ``labels.model`` has not labelled yet: a prediction writer whose labels go to a

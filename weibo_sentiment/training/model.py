@@ -18,12 +18,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecisionRecallCurve,
-)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_linear_schedule_with_warmup
 
 from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors
@@ -31,6 +26,7 @@ from weibo_sentiment.inference.engine import Engine, engine_for, exported_model_
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.settings import DEFAULT_TARGET_MODULES, ModelSettings, Quantization
+from weibo_sentiment.training.metrics import EvaluationMetrics
 
 
 def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -40,6 +36,13 @@ def symmetric_kl(logits: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     kl_pq = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     kl_qp = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
     return ((kl_pq + kl_qp) / 2).mean()
+
+
+def within_classes(logits: torch.Tensor, class_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The logits with the classes a row's source does not label set to -inf (``data.batching.classes_of``), so that
+    its cross-entropy is over the classes it has: a corpus labelled only negative or positive teaches a three-class
+    model nothing about neutral. Without a mask, the logits as they are."""
+    return logits if class_mask is None else logits.masked_fill(~class_mask, float("-inf"))
 
 
 class SentimentClassifier(LightningModule):
@@ -84,24 +87,14 @@ class SentimentClassifier(LightningModule):
         self._add_metrics(self.settings.num_labels)
 
     def _add_metrics(self, num_labels: int) -> None:
-        metrics = MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
-                "f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
-            }
-        )
-        self.train_metrics = metrics.clone(prefix="train_")
-        self.val_metrics = metrics.clone(prefix="val_")
-        self.test_metrics = metrics.clone(prefix="test_")
-        # Macro-F1 on the same posts with their emoticon tags removed (see weibo_sentiment.emoticons).
-        self.val_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
-        self.test_f1_text = MulticlassF1Score(num_classes=num_labels, average="macro")
-        # Pictures of each evaluation, drawn by reports.EvaluationReport: one object per stage.
-        self.val_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_labels)
-        self.val_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
-        self.test_pr_curve = MulticlassPrecisionRecallCurve(num_classes=num_labels, thresholds=100)
-        self.evaluation_probabilities: list[torch.Tensor] = []  # this evaluation's, in dataloader order
+        self.train_metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
+                                               "f1": MulticlassF1Score(num_classes=num_labels, average="macro")},
+                                              prefix="train_")  # fmt: skip
+        # One set of metrics per evaluation set: the corpus's validation posts (val), posts labelled by people
+        # (val_human, data.human_val) and test's; each set's names end with its own suffix (val_f1_human).
+        self.evaluation = torch.nn.ModuleDict({split: EvaluationMetrics(split, num_labels)
+                                               for split in ("val", "val_human", "test")})  # fmt: skip
+        self.evaluation_probabilities: dict[str, list[torch.Tensor]] = {}  # this evaluation's, in dataloader order
 
     # ---- what a checkpoint holds -------------------------------------------------------------------------
     def trainable_keys(self) -> set[str]:
@@ -141,50 +134,57 @@ class SentimentClassifier(LightningModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         torch.manual_seed(((seed * 1_009 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009 + self.global_rank)
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        raw = self(batch["input_ids"], batch["attention_mask"])
+        logits = within_classes(raw, batch.get("class_mask"))
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         if "view_pairs" in batch:  # two-view training: the words must say what the tags say
-            divergence = symmetric_kl(logits, batch["view_pairs"])
+            divergence = symmetric_kl(raw, batch["view_pairs"])
             loss = loss + self.settings.view_consistency * divergence
             self.log("train_view_kl", divergence, on_step=True, on_epoch=True, batch_size=len(batch["view_pairs"]))
-        metrics.update(logits.argmax(dim=-1), batch["labels"])
-        if stage != "train":
-            probabilities = logits.detach().float().softmax(dim=-1)
-            getattr(self, f"{stage}_confusion").update(probabilities.argmax(dim=-1), batch["labels"])
-            getattr(self, f"{stage}_pr_curve").update(probabilities, batch["labels"])
-            self.evaluation_probabilities.append(probabilities.cpu())
-        on_step = stage == "train"
+        self.train_metrics.update(logits.argmax(dim=-1), batch["labels"])
         size = len(batch["labels"])
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
         # Logging the metric objects (not .compute() values) lets torchmetrics sync states across processes.
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_metrics)
+    def _evaluation_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int) -> None:
+        split = self._evaluation_split(stage, dataloader_idx)
+        metrics: EvaluationMetrics = self.evaluation[split]
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(within_classes(logits, batch.get("class_mask")), batch["labels"])
+        probabilities = metrics.update(logits, batch["labels"])
+        self.evaluation_probabilities.setdefault(split, []).append(probabilities.cpu())
+        size = len(batch["labels"])
+        self.log(metrics.name("loss"), loss, on_epoch=True, prog_bar=split == stage, sync_dist=True, batch_size=size,
+                 add_dataloader_idx=False)  # fmt: skip
+        for name, metric in metrics.logged(has_neutral="class_mask" not in batch):
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=metrics.in_progress_bar(name),
+                     batch_size=size, add_dataloader_idx=False)  # fmt: skip
+        if "text_only" in batch and split != "val_human":  # absent: every post of this batch was nothing but tags
+            text_only = batch["text_only"]
+            metrics.update_text_only(self(text_only["input_ids"], text_only["attention_mask"]), text_only["labels"])
+            self.log(metrics.name("f1_text"), metrics.f1_text, on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=len(text_only["labels"]), add_dataloader_idx=False)  # fmt: skip
 
-    def _text_only_step(self, batch: dict[str, Any], stage: str, metric: MulticlassF1Score) -> None:
-        if "text_only" not in batch:  # every post of this batch was nothing but emoticon tags
-            return
-        text_only = batch["text_only"]
-        metric.update(self(text_only["input_ids"], text_only["attention_mask"]).argmax(dim=-1), text_only["labels"])
-        self.log(f"{stage}_f1_text", metric, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(text_only["labels"]))  # fmt: skip
+    def _evaluation_split(self, stage: str, dataloader_idx: int) -> str:
+        """Which evaluation set a dataloader holds (``WeiboDataModule.evaluation_sets``)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        splits = datamodule.evaluation_sets(stage) if datamodule is not None else [stage]
+        return splits[dataloader_idx]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val", self.val_metrics)
-        self._text_only_step(batch, "val", self.val_f1_text)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test", self.test_metrics)
-        self._text_only_step(batch, "test", self.test_f1_text)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch, "test", dataloader_idx)
 
     def _start_evaluation(self, stage: str) -> None:
         # The picture metrics are not logged, so Lightning never resets them (e.g. after the sanity check).
-        getattr(self, f"{stage}_confusion").reset()
-        getattr(self, f"{stage}_pr_curve").reset()
-        self.evaluation_probabilities = []
+        for split in ("val", "val_human") if stage == "val" else (stage,):
+            self.evaluation[split].reset_pictures()
+        self.evaluation_probabilities = {}
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation("val")
@@ -195,8 +195,9 @@ class SentimentClassifier(LightningModule):
     def on_validation_epoch_end(self) -> None:
         # One figure that rewards reading the words as well as the tags, for choosing checkpoints.
         # compute() here returns the values synced across processes that the logged metric objects report.
-        if self.val_f1_text.update_count:
-            mean = (self.val_metrics["f1"].compute() + self.val_f1_text.compute()) / 2
+        corpus = self.evaluation["val"]
+        if corpus.f1_text.update_count:
+            mean = (corpus.f1.compute() + corpus.f1_text.compute()) / 2
             self.log("val_f1_mean", mean, prog_bar=True, sync_dist=True)  # equal on every rank already
 
     # ---- prediction, through the inference engine ---------------------------------------------------------------

@@ -91,7 +91,7 @@ class PredictionWriter(BasePredictionWriter):
         # Which model labels is known once the checkpoint is loaded, after this hook: set at on_predict_start (and by
         # the data module when it builds the reader).
         location = LabelsLocation(self.output_path, self.table, model="")
-        self._labels = LabelsTable(location, source.source_table)
+        self._labels = LabelsTable(location, source.source_table, pl_module.settings.num_labels)
         if trainer.is_global_zero:
             self._labels.create()
         trainer.strategy.barrier("labels table ready")
@@ -113,7 +113,8 @@ class PredictionWriter(BasePredictionWriter):
         # An id column whenever the input may have one (empty where a post has none): fixed columns up front,
         # so the header is right even for an input with no posts or with ids on some posts only.
         self.with_id = getattr(trainer.datamodule, "id_column", None) is not None
-        self.columns = prediction_columns(self.text_column, self.with_id, getattr(trainer.datamodule, "keep_columns", ()))
+        self.columns = prediction_columns(self.text_column, self.with_id, getattr(trainer.datamodule, "keep_columns", ()),
+                                          pl_module.settings.num_labels)  # fmt: skip
         self._parts_dir: Optional[Path] = None
         if trainer.world_size == 1:
             self._file, self._tmp_path = self._temporary(".part")

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
-from weibo_sentiment.inference.outputs import EMPTY, SENTIMENTS, PredictionSummary  # noqa: E402
+from weibo_sentiment.classes import POSITIVE, class_names  # noqa: E402
+from weibo_sentiment.inference.outputs import EMPTY, PredictionSummary  # noqa: E402
 
 
 class EvaluationReport(Callback):
@@ -32,7 +33,8 @@ class EvaluationReport(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._report(trainer, pl_module, "val", write_files=trainer.state.fn == "validate")
+            for split in ("val", "val_human"):
+                self._report(trainer, pl_module, split, write_files=trainer.state.fn == "validate")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report(trainer, pl_module, "test", write_files=True)
@@ -43,18 +45,19 @@ class EvaluationReport(Callback):
             if isinstance(logger, TensorBoardLogger) and final:
                 logger.log_hyperparams(pl_module.hparams, final)
 
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, write_files: bool) -> None:
-        confusion, pr_curve = getattr(pl_module, f"{stage}_confusion"), getattr(pl_module, f"{stage}_pr_curve")
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, write_files: bool) -> None:
+        """The pictures of one evaluation set (``val``, ``val_human``, ``test``), named after it."""
+        metrics = pl_module.evaluation[split]
+        confusion, pr_curve = metrics.confusion, metrics.pr_curve
         if not confusion.update_count:
             return
-        names = list(SENTIMENTS[: pl_module.hparams.num_labels])
+        names = list(class_names(pl_module.hparams.num_labels))
         pr_figure, pr_axes = pr_curve.plot()
         pr_axes.legend(names)
-        pr_axes.set_title(f"Precision-recall per class ({stage})")
+        pr_axes.set_title(f"Precision-recall per class ({split})")
         figures = {"confusion_matrix": confusion.plot(labels=names)[0], "pr_curve": pr_figure}
-        confusion.reset()
-        pr_curve.reset()
-        misclassified = self._misclassified(trainer, pl_module, stage)
+        metrics.reset_pictures()
+        misclassified = self._misclassified(trainer, pl_module, split)
         # log_dir is agreed between processes (a collective call): every rank asks, rank 0 writes.
         run_dir = Path(trainer.log_dir or trainer.default_root_dir) if write_files else None
         if trainer.logger is None:  # no run folder of its own: log_dir is a folder of the user's, files and all
@@ -63,44 +66,48 @@ class EvaluationReport(Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     for name, figure in figures.items():
-                        logger.experiment.add_figure(f"{stage}/{name}", figure, trainer.global_step, close=False)
-                    logger.experiment.add_text(f"{stage}/misclassified", _markdown_table(misclassified),
+                        logger.experiment.add_figure(f"{split}/{name}", figure, trainer.global_step, close=False)
+                    logger.experiment.add_text(f"{split}/misclassified", _markdown_table(misclassified),
                                                trainer.global_step)  # fmt: skip
             if run_dir is not None:
-                self._write_files(trainer, run_dir, stage, figures, misclassified)
+                self._write_files(trainer, run_dir, split, figures, misclassified)
         for figure in figures.values():
             plt.close(figure)
 
-    def _misclassified(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> list[dict[str, Any]]:
+    def _misclassified(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> list[dict[str, Any]]:
         """The wrongly labelled posts, surest first. Skipped under several processes (each sees a shard)."""
-        dataset = getattr(trainer.datamodule, "datasets", {}).get(stage)
-        if trainer.world_size > 1 or dataset is None or not pl_module.evaluation_probabilities:
+        dataset = getattr(trainer.datamodule, "datasets", {}).get(split)
+        probabilities = pl_module.evaluation_probabilities.get(split)
+        if trainer.world_size > 1 or dataset is None or not probabilities:
             return []
-        probabilities = torch.cat(pl_module.evaluation_probabilities)
+        probabilities = torch.cat(probabilities)
         if len(probabilities) != len(dataset):  # limit_val_batches and the like: a partial pass
             return []
+        three_classes = probabilities.shape[1] == 3  # what it said instead is no longer the other label
         wrong = [
-            {"text": post.text, "label": post.label, "prob_positive": round(float(p[1]), 4),
-             "confidence": round(float(p.max()), 4)}
+            {"text": post.text, "label": post.label, **({"predicted": int(p.argmax())} if three_classes else {}),
+             "prob_positive": round(float(p[1]), 4), "confidence": round(float(p.max()), 4)}
             for post, p in zip(dataset.posts, probabilities) if int(p.argmax()) != post.label
         ]  # fmt: skip
         return sorted(wrong, key=lambda row: -row["confidence"])[: self.misclassified_shown]
 
-    def _write_files(self, trainer: pl.Trainer, run_dir: Path, stage: str, figures: dict, misclassified: list) -> None:
+    def _write_files(self, trainer: pl.Trainer, run_dir: Path, split: str, figures: dict, misclassified: list) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
-            figure.savefig(run_dir / f"{stage}_{name}.png", dpi=100, bbox_inches="tight")
-        dataset = trainer.datamodule.datasets[stage]
+            figure.savefig(run_dir / f"{split}_{name}.png", dpi=100, bbox_inches="tight")
+        dataset = trainer.datamodule.datasets[split]
+        stage = split.partition("_")[0]
         report = {
             "stage": stage,
             "ckpt_path": trainer.ckpt_path,
             "posts": len(dataset),
             "posts_without_text_after_removing_emoticons": dataset.tags_only,
-            "metrics": {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(stage)},
+            "metrics": {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(stage)
+                        and k.endswith(("_human", "_human_3class")) == (split != stage)},
             "misclassified": misclassified,
         }
-        (run_dir / f"{stage}_metrics.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
-        rank_zero_info(f"Wrote {stage}_metrics.json and the {stage} figures to {run_dir}")
+        (run_dir / f"{split}_metrics.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), "utf-8")
+        rank_zero_info(f"Wrote {split}_metrics.json and the {split} figures to {run_dir}")
 
 
 def _markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = ("text", "label", "prob_positive")) -> str:
@@ -131,7 +138,7 @@ def log_prediction_summary(trainer: pl.Trainer, summary: PredictionSummary) -> N
         scalars = {"posts": summary.posts, EMPTY: summary.counts[EMPTY], **{name: summary.counts[name]
                    for name in summary.sentiments()}}  # fmt: skip
         if summary.classified:
-            scalars["positive_share"] = summary.counts[SENTIMENTS[1]] / summary.classified
+            scalars["positive_share"] = summary.counts[POSITIVE] / summary.classified
             scalars["mean_confidence"] = summary.mean_confidence
             limits = [(i + 1) / summary.BINS for i in range(summary.BINS)]
             writer.add_histogram_raw("predict/prob_positive", min=0.0, max=1.0, num=summary.classified,

@@ -167,7 +167,8 @@ async function analyse() {
       progress.value = Math.min(start + chunk.length, labelled.length);
       $("status").textContent = `${progress.value} of ${labelled.length} posts labelled`;
     }
-    rows.filter((row) => !row.text.trim()).forEach((row) => Object.assign(row, { sentiment: "empty", label: null, confidence: null, prob_positive: null, emoticons: "" }));
+    const probabilities = Object.fromEntries(probabilityColumns().map((column) => [column, null]));
+    rows.filter((row) => !row.text.trim()).forEach((row) => Object.assign(row, { sentiment: "empty", label: null, confidence: null, ...probabilities, emoticons: "" }));
     $("status").textContent = `${labelled.length} posts labelled` + (labelled.length < rows.length ? `, ${rows.length - labelled.length} without text` : "");
     render();
   } catch (error) {
@@ -187,7 +188,7 @@ function render() {
 }
 
 function renderSummary() {
-  // neutral: posts inside the server's neutral band (model.neutral_band), when it has one
+  // neutral: a three-class model's own, or, for a two-class model, posts inside the server's neutral band (model.neutral_band)
   const positive = summary.positive || 0, negative = summary.negative || 0, neutral = summary.neutral || 0;
   const classified = positive + negative + neutral, empty = rows.length - classified;
   const counts = document.querySelector("#summary .counts");
@@ -206,7 +207,7 @@ function renderSummary() {
     part.style.flex = String(count);
     split.append(part);
   }
-  drawHistogram(rows.filter((r) => r.confidence !== null).map((r) => r.confidence));
+  drawHistogram(rows.filter((r) => r.confidence !== null).map((r) => r.confidence), threeClass() ? 1 / 3 : 0.5);
   drawTrend();
 }
 
@@ -263,8 +264,10 @@ function drawTrend() {
   svg.setAttribute("aria-label", `Share of negative and positive posts on ${days.length} days, from ${days[0]} to ${days[days.length - 1]}`);
 }
 
-function drawHistogram(values) {
-  const svg = $("histogram"), bins = 10, low = 0.5, width = 300, height = 110, left = 20;
+// A two-class model's confidence lies in [0.5, 1], a three-class model's in [1/3, 1].
+function drawHistogram(values, low) {
+  const svg = $("histogram"), bins = 10, width = 300, height = 110, left = 20;
+  const tick = (value) => (Number.isInteger(value * 100) ? String(value) : value.toFixed(2));
   const counts = new Array(bins).fill(0);
   values.forEach((v) => { counts[Math.min(bins - 1, Math.max(0, Math.floor((v - low) / (1 - low) * bins)))] += 1; });
   const most = Math.max(1, ...counts);
@@ -272,10 +275,10 @@ function drawHistogram(values) {
     const barHeight = (height - 10) * count / most, x = left + i * (width - left) / bins;
     return `<rect x="${x + 1}" y="${height - barHeight}" width="${(width - left) / bins - 2}" height="${barHeight}"><title>${count} posts</title></rect>`;
   });
-  parts.push(`<text x="${left}" y="${height + 14}">0.5</text><text x="${(left + width) / 2 - 8}" y="${height + 14}">0.75</text>`,
+  parts.push(`<text x="${left}" y="${height + 14}">${tick(low)}</text><text x="${(left + width) / 2 - 8}" y="${height + 14}">${tick((low + 1) / 2)}</text>`,
              `<text x="${width - 10}" y="${height + 14}">1.0</text><text x="0" y="10">${most}</text>`);
   svg.innerHTML = parts.join("");
-  svg.setAttribute("aria-label", `confidence of ${values.length} posts, 10 bins from 0.5 to 1.0: ${counts.join(", ")}`);
+  svg.setAttribute("aria-label", `confidence of ${values.length} posts, 10 bins from ${tick(low)} to 1.0: ${counts.join(", ")}`);
 }
 
 function renderTable() {
@@ -323,13 +326,17 @@ function mark(text, title) {
   return Object.assign(document.createElement("span"), { className: "mark", textContent: text, title });
 }
 
+// A three-class model (model.num_labels 3) answers every class's probability; a two-class model, prob_positive.
+const threeClass = () => rows.some((row) => row.prob_neutral !== undefined);
+const probabilityColumns = () => (threeClass() ? ["prob_negative", "prob_neutral", "prob_positive"] : ["prob_positive"]);
+
 function downloadCsv() {
-  const columns = ["id", "review", "label", "sentiment", "confidence", "prob_positive", "emoticons", "truncated"];
+  const columns = ["id", "review", "label", "sentiment", "confidence", ...probabilityColumns(), "emoticons", "truncated"];
   const quote = (value) => {
     const text = value === null || value === undefined ? "" : String(value);
     return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
   };
-  const lines = [columns.join(","), ...rows.map((r) => [r.id, r.text, r.label, r.sentiment, r.confidence, r.prob_positive, r.emoticons, r.truncated].map(quote).join(","))];
+  const lines = [columns.join(","), ...rows.map((r) => columns.map((column) => (column === "review" ? r.text : r[column])).map(quote).join(","))];
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob(["\uFEFF" + lines.join("\r\n") + "\r\n"], { type: "text/csv;charset=utf-8" }));
   link.download = "predictions.csv";
