@@ -718,8 +718,8 @@ def test_weights_that_do_not_fit_the_model_are_refused(command: str, make: Calla
 def test_a_checkpoint_with_another_shape_is_loaded_with_its_own_settings(setting: str, value: int, trained: dict,
                                                                          tiny_gpt2: str, posts_csv: Path,
                                                                          main_py: Callable, tmp_path: Path) -> None:  # fmt: skip
-    """The README makes lora_r and num_labels the checkpoint's. Recorded: a 3-class head labels posts 0, 1 or 2
-    (sentiment ``2`` for the third class) and ``prob_positive`` is class 1's probability."""
+    """The README makes lora_r and num_labels the checkpoint's. A 3-class head labels posts 0, 1 or 2 (negative,
+    positive, neutral: README, Classes) and ``prob_positive`` is class 1's probability."""
     ckpt = checkpoint_variant(trained, tiny_gpt2, tmp_path / f"{setting}.ckpt", keep_hparams=True, **{setting: value})
     out = tmp_path / "out" / "p.jsonl"
     result = main_py(cli_args("predict", tiny_gpt2, tmp_path / "root", "--ckpt_path", str(ckpt), "--data.predict_path",
@@ -730,7 +730,7 @@ def test_a_checkpoint_with_another_shape_is_loaded_with_its_own_settings(setting
     assert [r["id"] for r in rows] == [f"p{i}" for i in range(50)]
     labels = (0, 1, 2) if setting == "num_labels" else (0, 1)
     for row in rows:
-        assert row["label"] in labels and row["sentiment"] == ("negative", "positive", "2")[row["label"]]
+        assert row["label"] in labels and row["sentiment"] == ("negative", "positive", "neutral")[row["label"]]
 
 
 def test_an_adapter_with_another_r_is_loaded_with_its_own(tiny_gpt2: str, posts_csv: Path, tmp_path: Path) -> None:

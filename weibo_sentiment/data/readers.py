@@ -52,6 +52,16 @@ def detect_format(path: str, fmt: Optional[str] = None) -> str:
     return FORMAT_BY_SUFFIX[suffix]
 
 
+def _json_inside(path: Path) -> Optional[str]:
+    """``json`` or ``jsonl`` for a file whose text starts as a JSON array or object does, else ``None``."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            start = f.read(256).lstrip()
+    except OSError:
+        return None
+    return "json" if start.startswith("[") else "jsonl" if start.startswith("{") else None
+
+
 class PostReader:
     """Streams :class:`Post` records from a CSV/TSV/JSONL/JSON/plain-text file or standard input (``-``).
 
@@ -83,6 +93,9 @@ class PostReader:
             if file.is_dir():
                 raise UserError(f"{self.path}: is a directory, not a file")
         self.fmt = detect_format(self.path, fmt)
+        if self.fmt == "txt" and fmt is None and label_column is not None and self.path != STDIN:
+            # Labelled posts are never plain text: SMP2020-EWECT ships its JSON array as usual_train.txt.
+            self.fmt = _json_inside(file) or self.fmt
         self.text_column = text_column
         self.label_column = label_column
         self.id_column = id_column
