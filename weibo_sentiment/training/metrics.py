@@ -73,6 +73,11 @@ class EvaluationMetrics(torch.nn.Module):
         if self.f1_3class is not None and has_neutral:
             yield self.name("f1_3class"), self.f1_3class
 
+    def names(self, has_neutral: bool) -> list[str]:
+        """Every name an evaluation of this set logs (``val_f1_mean`` aside: the model logs it from the corpus's)."""
+        names = [name for name, _ in self.logged(has_neutral)] + [self.name("loss")]
+        return names + ([self.name("f1_text")] if self.split != "val_human" else [])
+
     def in_progress_bar(self, name: str) -> bool:
         return "_f1" in name or self.split == self.stage
 
