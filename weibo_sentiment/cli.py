@@ -226,15 +226,15 @@ class SentimentCLI(LightningCLI):
         """A checkpoint or early stopping that watches a validation metric this run does not report (a human one
         without data.human_val, a three-class one of a two-class model) is said before training, not after an epoch."""
         datamodule, num_labels = self.datamodule, self.model.settings.num_labels
-        reported = {"val_f1_mean"} if "val" in datamodule.datasets else set()
-        for split in datamodule.evaluation_sets("val"):
+        reported, splits = {"val_f1_mean"} if "val" in datamodule.datasets else set(), datamodule.evaluation_sets("val")
+        for split in splits:
             dataset = datamodule.datasets[split]
             reported.update(EvaluationMetrics(split, num_labels).names(has_neutral=dataset.classes[0] is None))
         watchers = [("checkpoint", callback.monitor) for callback in self.trainer.checkpoint_callbacks]
         watchers += [("EarlyStopping", callback.monitor) for callback in self.trainer.early_stopping_callbacks]
         for who, monitor in watchers:
             if monitor and monitor.startswith("val_") and monitor not in reported and self.trainer.limit_val_batches:
-                needs_people = "_human" in monitor and not any(name.startswith("val_f1_human") for name in reported)
+                needs_people = "_human" in monitor and "val_human" not in splits
                 hint = (" (it needs data.human_val: posts labelled by people)" if needs_people else
                         " (it needs model.num_labels 3 and neutral posts to validate on)" if "_3class" in monitor else "")
                 raise UserError(f"{who} monitors {monitor}, which this run's validation does not report{hint}; it "
