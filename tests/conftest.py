@@ -16,6 +16,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from database_servers import Server, remove, start_mariadb, start_postgresql
 from tools.tiny_models import build_bert, build_gpt2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -243,3 +244,18 @@ def no_project_process_left() -> Iterator[None]:
             os.kill(pid, signal.SIGKILL)
     assert not left, "processes of the project that the tests started still ran after the suite (now killed):\n" + \
         "\n".join(f"  {pid}: {command}" for pid, command in left.items())  # fmt: skip
+
+
+# Real database servers, started once per test run on 127.0.0.1 (database_servers), for every test file that needs one.
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[Server]:
+    server = start_postgresql()
+    yield server
+    remove(server)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[Server]:
+    server = start_mariadb()
+    yield server
+    remove(server)

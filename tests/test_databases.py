@@ -21,25 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import REPO, cli_args, read_predictions, run_main, start_in_own_group, stop_process_group
-from database_servers import PASSWORD, READER, READER_PASSWORD, USER, Server, remove, start_mariadb, start_postgresql
+from database_servers import PASSWORD, READER, READER_PASSWORD, USER, Server
 from tools.crawl_db import fill
 
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 LABELS = "weibo_sentiment_labels"
-
-
-@pytest.fixture(scope="session")
-def postgresql_server() -> Iterator[Server]:
-    server = start_postgresql()
-    yield server
-    remove(server)
-
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[Server]:
-    server = start_mariadb()
-    yield server
-    remove(server)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -163,9 +163,11 @@ def test_the_console_stops_on_a_signal_without_a_traceback(signum: int, trained:
 
 
 # ---- the API ------------------------------------------------------------------------------------------------------
-def start_server(model: list[str], logs: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """The API on a free port, for the model that the flags ``model`` name; returns once /health says ok."""
-    port = free_port()
+def start_server(model: list[str], logs: Path, *extra: str, env: dict | None = None,
+                 port: int | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    """The API on ``port`` (default: a free one), for the model that the flags ``model`` name; returns once /health
+    says ok."""
+    port = port or free_port()
     process = start([sys.executable, "-m", "weibo_sentiment.serve", "--config", QUICKSTART, *model, "--serve.port",
                      str(port), *extra], logs, env={**os.environ, **(env or {})})  # fmt: skip
     base = f"http://127.0.0.1:{port}"

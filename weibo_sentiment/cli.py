@@ -35,6 +35,7 @@ from weibo_sentiment.config import link_data_to_model
 from weibo_sentiment.data.database import hide_password
 from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error
+from weibo_sentiment.processes import children_die_with_this_process, die_with_launcher
 from weibo_sentiment.hardware import native_bf16, warn_bf16_emulated
 from weibo_sentiment.inference.model_source import (
     checkpoint_architecture,
@@ -304,6 +305,8 @@ def _no_lightning_advertising(record: logging.LogRecord) -> bool:
 
 def main(args: Any = None) -> None:
     """Entry point of ``main.py`` and the ``weibo-sentiment`` console script; ``export`` is ``weibo_sentiment.export``."""
+    die_with_launcher()  # a DDP rank this command's launcher started goes with it
+    children_die_with_this_process()
     quiet_libraries()
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list) and argv[:1] == ["export"]:

@@ -27,6 +27,7 @@ from fastapi import Header, HTTPException
 
 from weibo_sentiment.serving.checks import API_KEY_ENV, RequestBodyCheck, checked_texts, is_loopback, key_is_valid, max_body_bytes
 from weibo_sentiment.compat import DrainingServer
+from weibo_sentiment.processes import children_die_with_this_process, die_with_parent
 from weibo_sentiment.config import analyzer_for, inference_parser, source_from_config
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference.model_source import ModelSource
@@ -48,6 +49,9 @@ class SentimentAPI(ls.LitAPI):
         self.config, self.source, self.settings = config, source, settings
 
     def setup(self, device: str) -> None:
+        # LitServe starts this worker, and restarts a dead one from its monitoring thread: watched, not tied to that
+        # thread by the kernel (weibo_sentiment.processes).
+        die_with_parent(kernel=False)
         # A Ctrl-C in a terminal reaches every process of the group: the server's main process stops this worker
         # after the requests in flight are answered.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                               body_seconds=settings.request_timeout)  # fmt: skip
     add_page(server.app, settings, API_PATH)
     handle_stop_signals(server.on_stop_signal)
+    children_die_with_this_process()  # LitServe's HTTP servers and manager, forked by run()
     server.run(host=settings.host, port=settings.port, generate_client_file=False)
     if server.stop_signal is not None:
         print(f"stopped by {signal.Signals(server.stop_signal).name}: requests in flight answered, workers stopped",

@@ -25,6 +25,7 @@ from weibo_sentiment.data.readers import STDIN, Post, PostReader, read_labelled,
 from weibo_sentiment.data.tokenizer import Tokenize, load_tokenizer
 from weibo_sentiment.emoticons import EmoticonTags
 from weibo_sentiment.errors import UserError
+from weibo_sentiment.processes import dataloader_worker_init
 from weibo_sentiment.settings import DataSettings, LabelledSource
 
 
@@ -222,6 +223,7 @@ class WeiboDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=CrossesAsArrays(PadLabelled(self.tokenizer.pad_token_id)),
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=dataloader_worker_init,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -242,6 +244,7 @@ class WeiboDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=CrossesAsArrays(PadLabelled(self.tokenizer.pad_token_id)),
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=dataloader_worker_init,
         )
 
     # Where training stands goes into every checkpoint, so a run resumed mid-epoch continues with the next unseen
@@ -294,7 +297,7 @@ class WeiboDataModule(LightningDataModule):
         # standard input stays in this process, which owns it.
         from_stdin = self.predict_path == STDIN
         return DataLoader(self._predict_batches(), batch_size=None, num_workers=0 if from_stdin else 1,
-                          collate_fn=CrossesAsArrays())  # fmt: skip
+                          collate_fn=CrossesAsArrays(), worker_init_fn=dataloader_worker_init)  # fmt: skip
 
     def predict_posts_of_this_process(self) -> Optional[int]:
         """How many posts this process labels (its share under several), counted in the input before labelling;
