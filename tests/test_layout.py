@@ -1,12 +1,15 @@
-"""The layout's promises, checked by importing each entry point in a fresh interpreter: data flows one way."""
+"""The layout's promises, checked by importing each entry point in a fresh interpreter and by reading every import
+statement: data flows one way, and no module imports itself round a circle."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +50,69 @@ def test_data_and_inference_import_nothing_of_serving(module: str) -> None:
     assert not of_group(modules, "serving") and not of_group(modules, "training")
     if module.startswith("weibo_sentiment.data."):
         assert not of_group(modules, "inference")  # posts come before models
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports anywhere: at the top, inside functions, under
+    ``TYPE_CHECKING`` (``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``)."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        named: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                named.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                named.update(f"{node.module}.{alias.name}" for alias in node.names)
+                named.add(node.module)
+        found = set()
+        for target in named:
+            while target and target not in paths:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+        graph[name] = found
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports (its modules in order, the first again at the end), or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: explored
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[module] = 2
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_no_module_of_the_package_imports_itself_round_a_circle() -> None:
+    cycle = import_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_circle_check_finds_a_circle_through_an_import_inside_a_function() -> None:
+    graph = import_graph()
+    graph["weibo_sentiment.errors"] = graph["weibo_sentiment.errors"] | {"weibo_sentiment.config"}  # as a lazy import would
+    cycle = import_cycle(graph)
+    assert cycle is not None and cycle[0] == cycle[-1] and "weibo_sentiment.errors" in cycle
 
 
 def test_the_package_imports_no_tool_or_benchmark() -> None:

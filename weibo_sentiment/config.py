@@ -8,16 +8,15 @@ Lightning: the API's process does not need it.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from weibo_sentiment.inference.model_source import ARCHITECTURE_HPARAMS, ModelSource, resolve_model_source
 from weibo_sentiment.settings import DataSettings, ModelSettings, Quantization, ServeSettings
 
-if TYPE_CHECKING:
-    from weibo_sentiment.inference.analyzer import SentimentAnalyzer
 
 
 
@@ -28,9 +27,19 @@ def link_data_to_model(parser: ArgumentParser) -> None:
     parser.link_arguments("model.num_labels", "data.num_labels")
 
 
-def inference_parser(description: str) -> ArgumentParser:
-    """The parser of the API, the console and the export: main.py's config and model/data flags, which trained
-    weights to load, and the inference mode (``--runtime``, ``--quantize``, ``--precision``)."""
+INFERENCE_OPTIONS = frozenset({
+    "config", "print_config", "help", "ckpt_path", "runtime", "quantize", "precision", "model.model_name_or_path",
+    "model.adapter_path", "model.runtime", "model.quantize", "model.neutral_band", "data.max_length",
+    "data.emoticon_pattern", "data.eval_batch_size",
+})  # fmt: skip
+"""The options that labelling uses, which ``--help`` lists: which model, how it runs, how posts are read into it."""
+
+
+def inference_parser(description: str, serves: bool = False) -> ArgumentParser:
+    """The parser of the API (``serves``), the console and the export: main.py's config and model/data flags, which
+    trained weights to load, and the inference mode (``--runtime``, ``--quantize``, ``--precision``). Its ``--help``
+    lists only what labelling uses (``INFERENCE_OPTIONS``, and the ``serve`` section for the API); every other
+    option of a main.py config is still accepted, so one file serves ``main.py`` and these alike."""
     parser = ArgumentParser(description=description, default_meta=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a main.py YAML config (its model, data and serve "
                         "sections are used here; trainer, checkpoint and predict_writer are main.py's)")  # fmt: skip
@@ -52,6 +61,10 @@ def inference_parser(description: str) -> ArgumentParser:
     parser.add_argument("--seed_everything", type=Union[bool, int], default=True, help="main.py's; not used here")
     for section in ("trainer", "checkpoint", "predict_writer"):
         parser.add_argument(f"--{section}", type=Optional[dict], default=None, help="main.py's; not used here")
+    for action in parser._actions:  # argparse's list of options: SUPPRESS leaves one out of --help, not out of parsing
+        applies = action.dest in INFERENCE_OPTIONS or (serves and action.dest.split(".")[0] == "serve")
+        if not applies:
+            action.help = argparse.SUPPRESS
     return parser
 
 
@@ -96,12 +109,8 @@ def data_settings(config: Namespace) -> DataSettings:
     return DataSettings(**vars(config.data))
 
 
-def analyzer_for(config: Namespace, source: Optional[ModelSource] = None, device: str = "cpu") -> SentimentAnalyzer:
-    """The analyzer of a parsed config, in the mode its flags ask for; ``source`` when it was resolved already (the
-    API resolves it once in its main process and hands it to its workers)."""
-    from weibo_sentiment.inference.analyzer import SentimentAnalyzer
-
-    return SentimentAnalyzer.from_source(source or source_from_config(config), **inference_mode(config), device=device,
-                                         batch_size=config.data.eval_batch_size,
-                                         emoticon_pattern=config.data.emoticon_pattern,
-                                         neutral_band=config.model.neutral_band)  # fmt: skip
+def analyzer_options(config: Namespace) -> dict[str, Any]:
+    """What ``SentimentAnalyzer.from_source`` takes from a parsed config besides the model: the mode its flags ask
+    for, the batch size, the emoticon pattern and the neutral band."""
+    return {**inference_mode(config), "batch_size": config.data.eval_batch_size,
+            "emoticon_pattern": config.data.emoticon_pattern, "neutral_band": config.model.neutral_band}

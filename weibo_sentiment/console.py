@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from weibo_sentiment.config import analyzer_for, inference_parser
+from weibo_sentiment.config import inference_parser
 from weibo_sentiment.errors import exit_on_user_error
-from weibo_sentiment.inference.analyzer import SentimentRow
+from weibo_sentiment.inference.analyzer import SentimentAnalyzer, SentimentRow
 from weibo_sentiment.stopping import exit_when_stopped
 
 QUIT = {"q", "quit"}
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = inference_parser(__doc__.splitlines()[0])
     with exit_when_stopped():  # Ctrl-C or SIGTERM: one line, exit 130 or 143, no traceback
         with exit_on_user_error():
-            analyzer = analyzer_for(parser.parse_args(argv))
+            analyzer = SentimentAnalyzer.from_config(parser.parse_args(argv))
         print(f"Labelling with {analyzer.source.describe()} ({analyzer.mode})", file=sys.stderr, flush=True)
         interactive = sys.stdin.isatty()
         if interactive:

@@ -97,16 +97,6 @@ class _Encoded(dict):
         self.encodings = encodings
 
 
-def tokenizer_of(name_or_path: str) -> Any:
-    """An exported directory's saved tokenizer without transformers (``SerializedTokenizer``), else
-    ``load_tokenizer``'s."""
-    from weibo_sentiment.inference.model_source import is_exported
-
-    if is_exported(name_or_path) and (Path(name_or_path) / TOKENIZER_FILE).is_file():
-        return SerializedTokenizer(name_or_path)
-    return load_tokenizer(name_or_path)
-
-
 def pad_to_longest(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token ids to the batch's longest sequence (not to ``max_length``): ``input_ids`` + ``attention_mask``."""
     longest = max(len(ids) for ids in sequences)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from weibo_sentiment.classes import probability_columns
 from weibo_sentiment.data.database import LABELS_TABLE
-from weibo_sentiment.inference.model_source import ModelSource, is_exported, source_of_path
+from weibo_sentiment.inference.model_source import ModelSource, is_exported, source_of_path, tokenizer_of
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class SentimentAnalyzer:
             source = source_of_path(model, base_model)
             return cls.from_source(source, runtime=runtime, quantize=quantize, precision=precision,
                                    batch_size=batch_size or 64, device=device, neutral_band=neutral_band)  # fmt: skip
-        from weibo_sentiment.config import analyzer_for, load_config
+        from weibo_sentiment.config import load_config
 
         parsed = load_config(config, runtime=runtime, quantize=quantize, precision=precision)
         if base_model:
@@ -113,7 +113,15 @@ class SentimentAnalyzer:
             name_model_in_config(parsed, str(model))
         parsed.data.eval_batch_size = batch_size or parsed.data.eval_batch_size
         parsed.model.neutral_band = neutral_band or parsed.model.neutral_band
-        return analyzer_for(parsed, device=device)
+        return cls.from_config(parsed, device=device)
+
+    @classmethod
+    def from_config(cls, config: Any, source: Optional[ModelSource] = None, device: str = "cpu") -> SentimentAnalyzer:
+        """The analyzer of a parsed config (``weibo_sentiment.config``), in the mode its flags ask for; ``source``
+        when it was resolved already (the API resolves it once in its main process and hands it to its workers)."""
+        from weibo_sentiment.config import analyzer_options, source_from_config
+
+        return cls.from_source(source or source_from_config(config), **analyzer_options(config), device=device)
 
     @classmethod
     def from_source(
@@ -131,7 +139,7 @@ class SentimentAnalyzer:
         """An analyzer for a resolved model source (the API's workers get the one its main process resolved)."""
         import torch
 
-        from weibo_sentiment.data.tokenizer import Tokenize, tokenizer_of
+        from weibo_sentiment.data.tokenizer import Tokenize
         from weibo_sentiment.emoticons import DEFAULT_PATTERN, EmoticonTags
         from weibo_sentiment.inference.engine import engine_for_source
         from weibo_sentiment.errors import UserError

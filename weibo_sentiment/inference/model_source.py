@@ -82,6 +82,16 @@ def is_exported(path: Optional[str | Path]) -> bool:
     return bool(path) and (Path(path) / MANIFEST).is_file()
 
 
+def tokenizer_of(name_or_path: str) -> Any:
+    """An exported directory's saved tokenizer without transformers (``SerializedTokenizer``), else
+    ``load_tokenizer``'s."""
+    from weibo_sentiment.data.tokenizer import TOKENIZER_FILE, SerializedTokenizer, load_tokenizer
+
+    if is_exported(name_or_path) and (Path(name_or_path) / TOKENIZER_FILE).is_file():
+        return SerializedTokenizer(name_or_path)
+    return load_tokenizer(name_or_path)
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """An exported directory's manifest (labels, max_length, files, where it came from)."""
     path = Path(directory) / MANIFEST

@@ -28,7 +28,8 @@ from fastapi import Header, HTTPException
 from weibo_sentiment.serving.checks import API_KEY_ENV, RequestBodyCheck, checked_texts, is_loopback, key_is_valid, max_body_bytes
 from weibo_sentiment.compat import DrainingServer
 from weibo_sentiment.processes import children_die_with_this_process, die_with_parent
-from weibo_sentiment.config import analyzer_for, inference_parser, source_from_config
+from weibo_sentiment.config import inference_parser, source_from_config
+from weibo_sentiment.inference.analyzer import SentimentAnalyzer
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference.model_source import ModelSource
 from weibo_sentiment.inference.outputs import summarize
@@ -55,7 +56,7 @@ class SentimentAPI(ls.LitAPI):
         # A Ctrl-C in a terminal reaches every process of the group: the server's main process stops this worker
         # after the requests in flight are answered.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.analyzer = analyzer_for(self.config, self.source, device)
+        self.analyzer = SentimentAnalyzer.from_config(self.config, self.source, device)
 
     def authorize(self, x_api_key: Optional[str] = Header(default=None),
                   authorization: Optional[str] = Header(default=None)) -> None:  # fmt: skip
@@ -91,7 +92,7 @@ class SentimentAPI(ls.LitAPI):
 
 
 def api_parser():  # noqa: ANN201 - jsonargparse's ArgumentParser
-    return inference_parser(__doc__.splitlines()[0])
+    return inference_parser(__doc__.splitlines()[0], serves=True)
 
 
 def checked_settings(config: Any) -> ServeSettings:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         # Resolve and load once here, so that a bad path or model fails in one line before serving (and an ONNX
         # export is cached for the workers); the workers load their own copy of this same source.
         source = source_from_config(config)
-        with analyzer_for(config, source) as analyzer:
+        with SentimentAnalyzer.from_config(config, source) as analyzer:
             mode = analyzer.mode
     shown = {**vars(config.serve), "api_key": "(set)" if settings.api_key else None}  # the key itself is never logged
     print(f"serving {source.describe()} ({mode}) at {API_PATH} on http://{settings.host}:{settings.port} with {shown}",
