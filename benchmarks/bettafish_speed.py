@@ -26,7 +26,7 @@ MODES = {"torch fp32": {}, "onnxruntime int8": {"quantize": "int8"}}
 
 
 def analyzer_worker(spec: dict) -> None:
-    from weibo_sentiment.bettafish import WeiboSentimentAnalyzer
+    from weibo_sentiment.integrations.bettafish import WeiboSentimentAnalyzer
 
     analyzer = WeiboSentimentAnalyzer(model=spec["ckpt_path"], config=spec["config"], neutral_band=False, **spec["mode"])
     assert analyzer.initialize(), analyzer.disable_reason

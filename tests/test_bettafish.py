@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_args, read_predictions, real_rows, run_main, write_csv
-from weibo_sentiment.bettafish import BatchSentimentResult, SentimentResult, WeiboSentimentAnalyzer
+from weibo_sentiment.integrations.bettafish import BatchSentimentResult, SentimentResult, WeiboSentimentAnalyzer
 
 RESULT_FIELDS = {"text", "sentiment_label", "confidence", "probability_distribution", "success", "error_message",
                  "analysis_performed"}  # fmt: skip
@@ -115,7 +115,7 @@ def test_a_missing_model_disables_it_with_a_reason_and_texts_pass_through(tmp_pa
 
 
 def test_importing_and_creating_it_loads_no_model_library() -> None:
-    code = ("import sys\nfrom weibo_sentiment.bettafish import WeiboSentimentAnalyzer, analyze_sentiment\n"
+    code = ("import sys\nfrom weibo_sentiment.integrations.bettafish import WeiboSentimentAnalyzer, analyze_sentiment\n"
             "WeiboSentimentAnalyzer(model='nowhere.ckpt')\n"
             "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'lightning') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -141,7 +141,7 @@ def test_main_py_labels_a_table_and_the_trend_counts_the_models_neutral(three_cl
         by_sentiment = dict(db.execute("SELECT sentiment, count(*) FROM weibo_sentiment_labels GROUP BY 1"))
         assert db.execute("SELECT count(*) FROM weibo_sentiment_labels WHERE label = 2 AND prob_neutral IS NOT NULL "
                           "AND sentiment = 'neutral'").fetchone()[0] == by_sentiment.get("neutral", 0) > 0  # fmt: skip
-    trend = subprocess.run([sys.executable, "-m", "weibo_sentiment.trend", "--input", url, "--table", "weibo_note",
+    trend = subprocess.run([sys.executable, "-m", "weibo_sentiment.integrations.trend", "--input", url, "--table", "weibo_note",
                             "--id_column", "note_id", "--by", "week", "--neutral_band", "[0.0, 1.0]", "--output_dir",
                             str(tmp_path / "trend")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert trend.returncode == 0, trend.stderr[-3000:]
@@ -176,7 +176,7 @@ def test_the_http_api_answers_every_class(three_class: dict, tmp_path: Path) -> 
 
 
 def test_the_bettafish_analyzer_says_the_models_neutral(three_class: dict, tmp_path: Path) -> None:
-    from weibo_sentiment.bettafish import WeiboSentimentAnalyzer
+    from weibo_sentiment.integrations.bettafish import WeiboSentimentAnalyzer
 
     out = tmp_path / "predictions.csv"
     assert run_main(predict_args(three_class, out)).returncode == 0

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, cli_args, run_main
 from tools.crawl_db import fill
-from weibo_sentiment.trend import period_of
+from weibo_sentiment.integrations.trend import period_of
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def counted_in_sql(database: Path) -> dict[tuple[str, str], dict[str, int]]:
 
 
 def trend(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "weibo_sentiment.trend", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "weibo_sentiment.integrations.trend", *args], cwd=REPO, capture_output=True,
                           text=True)  # fmt: skip
 
 

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from weibo_sentiment.inference.backbone import read_checkpoint
 from weibo_sentiment.training.checkpointing import AdapterCheckpoint, AtomicCheckpointIO
-from weibo_sentiment.config import link_data_to_model
+from weibo_sentiment.config_parser import link_data_to_model
 from weibo_sentiment.data.database import hide_password
 from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.errors import UserError, exit_on_user_error

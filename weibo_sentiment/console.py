@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from weibo_sentiment.config import inference_parser
+from weibo_sentiment.config_parser import inference_parser
 from weibo_sentiment.errors import exit_on_user_error
 from weibo_sentiment.inference.analyzer import SentimentAnalyzer, SentimentRow
 from weibo_sentiment.stopping import exit_when_stopped

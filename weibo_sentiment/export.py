@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weibo_sentiment.atomic_files import staged_directory
-from weibo_sentiment.config import inference_mode, inference_parser, source_from_config
+from weibo_sentiment.config_parser import inference_mode, inference_parser, source_from_config
 from weibo_sentiment.data.tokenizer import load_tokenizer
 from weibo_sentiment.inference.engine import (
     EXPORT_FORMAT,

@@ -104,7 +104,7 @@ class SentimentAnalyzer:
             source = source_of_path(model, base_model)
             return cls.from_source(source, runtime=runtime, quantize=quantize, precision=precision,
                                    batch_size=batch_size or 64, device=device, neutral_band=neutral_band)  # fmt: skip
-        from weibo_sentiment.config import load_config
+        from weibo_sentiment.config_parser import load_config
 
         parsed = load_config(config, runtime=runtime, quantize=quantize, precision=precision)
         if base_model:
@@ -117,9 +117,9 @@ class SentimentAnalyzer:
 
     @classmethod
     def from_config(cls, config: Any, source: Optional[ModelSource] = None, device: str = "cpu") -> SentimentAnalyzer:
-        """The analyzer of a parsed config (``weibo_sentiment.config``), in the mode its flags ask for; ``source``
+        """The analyzer of a parsed config (``weibo_sentiment.config_parser``), in the mode its flags ask for; ``source``
         when it was resolved already (the API resolves it once in its main process and hands it to its workers)."""
-        from weibo_sentiment.config import analyzer_options, source_from_config
+        from weibo_sentiment.config_parser import analyzer_options, source_from_config
 
         return cls.from_source(source or source_from_config(config), **analyzer_options(config), device=device)
 

@@ -28,7 +28,7 @@ from fastapi import Header, HTTPException
 from weibo_sentiment.serving.checks import API_KEY_ENV, RequestBodyCheck, checked_texts, is_loopback, key_is_valid, max_body_bytes
 from weibo_sentiment.compat import DrainingServer
 from weibo_sentiment.processes import children_die_with_this_process, die_with_parent
-from weibo_sentiment.config import inference_parser, source_from_config
+from weibo_sentiment.config_parser import inference_parser, source_from_config
 from weibo_sentiment.inference.analyzer import SentimentAnalyzer
 from weibo_sentiment.errors import UserError, exit_on_user_error
 from weibo_sentiment.inference.model_source import ModelSource

@@ -3,7 +3,7 @@ result types and dict keys, labelling with this project's model, in real batches
 
 In BettaFish, the one line that changes (``InsightEngine/tools/sentiment_analyzer.py`` or where the agent takes it)::
 
-    from weibo_sentiment.bettafish import WeiboSentimentAnalyzer
+    from weibo_sentiment.integrations.bettafish import WeiboSentimentAnalyzer
     multilingual_sentiment_analyzer = WeiboSentimentAnalyzer()   # WEIBO_SENTIMENT_MODEL, WEIBO_SENTIMENT_CONFIG
 
 or with arguments: ``WeiboSentimentAnalyzer(model="lightning_logs/version_0/checkpoints/last.ckpt",

@@ -1,0 +1,1 @@
+"""What connects this project to other systems: BettaFish's sentiment analyzer, and trends over a crawl."""
