@@ -1,9 +1,9 @@
 """Recipes measured on a real pretrained Chinese encoder, m3e-small, through ``main.py fit`` and ``main.py test``.
 
-    # which recipe agrees with people (README, Recipes): corpus alone, people's labels alone, both, in stages
+    # which recipe agrees with people (docs/training.md, Recipes): corpus alone, people's labels alone, both, in stages
     python benchmarks/recipe.py --study human --corpus ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv \\
         --human ../shared/data/human_weibo --out recipe.json
-    # emoticon dropout against two-view training on the corpus (README, Emoticons)
+    # emoticon dropout against two-view training on the corpus (docs/training.md, Emoticons)
     python benchmarks/recipe.py --study emoticons --corpus ../shared/data/weibo_senti_100k/weibo_senti_100k_part.csv
 
 Every run fine-tunes m3e-small (a 4-layer, 512-wide Chinese BERT with the bert-base-chinese vocabulary) with seeds 1,

@@ -31,7 +31,7 @@ class ModelSettings:
             written by ``weibo_sentiment.export`` (ONNX, no base model needed).
         adapter_path: start from a saved peft adapter directory instead of a fresh LoRA (its own config wins).
         num_labels: number of classes: 2 (0 = negative, 1 = positive) or 3 (2 = neutral as well, learned from posts
-            people labelled neutral; README, Classes).
+            people labelled neutral; docs/training.md, Classes).
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: dropout on the LoRA input.
@@ -45,14 +45,14 @@ class ModelSettings:
             The precision is the trainer's (``--trainer.precision bf16-mixed`` for bf16).
         quantize: ``int8``: predict with onnxruntime's int8 matrix products (CPU; labels agree with fp32 on ~99.9 % of
             posts, and a post's probabilities do not depend on its batch); ``int8-dynamic``: one activation scale
-            per batch (~1.1x faster without VNNI, but a post's probability moves with its neighbours); README
-            Speed; default: none.
+            per batch (~1.1x faster without VNNI, but a post's probability moves with its neighbours); docs/speed.md;
+            default: none.
         neutral_band: for a two-class model, ``[low, high]`` on ``prob_positive``: a post inside it is ``neutral`` (its
-            label stays the model's 0 or 1) and summaries count three classes; default: none (README, Neutral band).
+            label stays the model's 0 or 1) and summaries count three classes; default: none (docs/predicting.md, Neutral band).
             A three-class model says neutral itself and takes no band.
         view_consistency: with ``data.emoticon_views: 2``, the weight (lambda) of the symmetric KL divergence between
             the predictions for a post as written and without its emoticon tags, added to their cross-entropy
-            (0.1: 1.0 cost 0.06 more val_f1 on m3e-small, README Emoticons).
+            (0.1: 1.0 cost 0.06 more val_f1 on m3e-small, docs/training.md, Emoticons).
     """
 
     model_name_or_path: str = DEFAULT_BACKBONE
@@ -118,7 +118,7 @@ class LabelledSource:
         text_column: the column holding the post; default: ``data.text_column``.
         label_column: the column holding its label; default: ``data.label_column``.
         label_map: labels of this file and what they mean (``happy: positive``, ``surprise: null`` to leave them out),
-            over the default map (label numbers, class names, SMP2020-EWECT's emotions; README, Classes);
+            over the default map (label numbers, class names, SMP2020-EWECT's emotions; docs/training.md, Classes);
             default: ``data.label_map``.
         emoticon_dropout: probability that a training post of this file loses its emoticon tags, drawn anew each
             epoch (1.0: always, 0.0: never); default: ``data.emoticon_dropout``.

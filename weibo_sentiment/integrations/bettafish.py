@@ -79,7 +79,7 @@ class WeiboSentimentAnalyzer:
         runtime: ``torch`` or ``onnxruntime``; quantize: ``int8``; device: ``cpu`` or ``cuda``.
         neutral_band: for a two-class model, ``(low, high)`` on the probability of positive: inside it a post is
             ``中性``; default: the config's ``model.neutral_band``, else ``settings.DEFAULT_NEUTRAL_BAND`` (0.3, 0.7:
-            where the model is near chance, README Neutral band); ``False``: two classes only. A three-class model
+            where the model is near chance, docs/predicting.md, Neutral band); ``False``: two classes only. A three-class model
             says 中性 itself and takes no band.
         batch_size: posts per forward pass at most.
     """
