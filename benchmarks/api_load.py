@@ -33,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 POSTS = ROOT / "data" / "sample" / "weibo_senti_4k.csv"
 API_PATH = "/api/sentiment"
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from speed import descendants_and_self, rss_kb, stop_group  # noqa: E402
 from weibo_sentiment.hardware import describe_cpu  # noqa: E402
 
 # What the run must hold to pass (issue 29): p99 of the last minute against the second's (the first warms up),
@@ -104,25 +105,8 @@ def client(port: int, posts: list[str], seed: int, max_texts: int, load: Load) -
 
 
 def tree_rss_mib(root_pid: int) -> float:
-    """Resident memory of ``root_pid`` and all its descendants, summed, in MiB (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    total_kib, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kib += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kib / 1024
+    """Resident memory of ``root_pid`` and all its descendants, each process's RSS summed, in MiB."""
+    return sum(rss_kb(pid) for pid in descendants_and_self(root_pid)) / 1024
 
 
 def free_port() -> int:
@@ -202,11 +186,7 @@ def main() -> None:
         load.stop.set()
         for thread in threads:
             thread.join(timeout=70)
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
     failed = sum(row["failed"] for row in rows)
     p99_ratio = rows[-1]["p99_ms"] / rows[1]["p99_ms"]
     rss_growth = rows[-1]["rss_mib"] / rows[0]["rss_mib"] - 1
