@@ -4,7 +4,8 @@
     python benchmarks/api_latency.py --url http://127.0.0.1:8000/api/sentiment --clients 1 16 --texts 1 64
 
 Each client sends requests back to back (real posts from data/sample/posts.csv); the figures are over
---requests requests per setting, after a short warm-up.
+--requests requests per setting, after a short warm-up. ``api_throughput`` starts the server itself in two modes
+and measures each (``speed.py``'s stage ``api``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ import argparse
 import csv
 import json
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness import Runner
 
 POSTS = Path(__file__).resolve().parent.parent / "data" / "sample" / "posts.csv"
 
@@ -51,6 +58,55 @@ def measure(url: str, clients: int, texts_per_request: int, requests: int, posts
         "p50 ms": 1000 * statistics.median(latencies),
         "p99 ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
+
+
+def api_throughput(runner: Runner, work: Path, model_dir: str, adapter: str, load: tuple[int, int, int],
+                   repeats: int) -> dict[str, Any]:  # fmt: skip
+    """texts/s of the HTTP API under ``load`` (texts per request, clients, requests): the server in today's mode
+    (torch fp32) and in the fastest (onnxruntime int8), started in turn, ``repeats`` times each, on the same model.
+    Run by ``speed.py`` (stage ``api``)."""
+    import socket
+
+    from harness import CONFIG, ROOT, read_rows, stop_group
+    from harness import POSTS as LABELLED_POSTS
+
+    posts = [text for _, text in read_rows(LABELLED_POSTS)]
+    modes = {"torch fp32": [], "onnxruntime int8": ["--quantize", "int8"]}
+    figures: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    texts, clients, requests = load
+    print(f"API: {texts} texts x {clients} clients, {requests} requests")
+    for repeat in range(repeats):
+        for mode, extra in modes.items():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            # A burst of clients x texts can queue for minutes on a slow mode: no request may time out meanwhile.
+            command = [sys.executable, "-m", "weibo_sentiment.serve", "--config", str(CONFIG),
+                       "--model.model_name_or_path", model_dir, "--model.adapter_path", adapter,
+                       "--serve.port", str(port), "--serve.request_timeout", "3600", *extra]  # fmt: skip
+            log = open(work / f"api-{repeat}-{mode.replace(' ', '-')}.log", "w", encoding="utf-8")
+            # A session of its own: the server and its worker processes are stopped together, as a group.
+            server = subprocess.Popen(command, cwd=ROOT, env=runner.environment(runner.threads), stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    try:
+                        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                            if response.status == 200:
+                                break
+                    except OSError:
+                        time.sleep(0.5)
+                    if server.poll() is not None:
+                        sys.exit(f"error: the API server ({mode}) stopped; see {log.name}")
+                result = measure(f"{url}/api/sentiment", clients, texts, requests, posts, warmup=2)
+            finally:
+                stop_group(server)
+                log.close()
+            print(f"  API {mode}: {result['texts/s']:.1f} texts/s, p50 {result['p50 ms']:.0f} ms")
+            figures[mode].append(result)
+    return {mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for mode, runs in figures.items()}
 
 
 def main() -> None:

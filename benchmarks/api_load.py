@@ -35,7 +35,7 @@ POSTS = ROOT / "data" / "sample" / "weibo_senti_4k.csv"
 API_PATH = "/api/sentiment"
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from speed import descendants_and_self, rss_kb, stop_group  # noqa: E402
+from harness import descendants_and_self, rss_kb, stop_group  # noqa: E402
 from weibo_sentiment.hardware import describe_cpu  # noqa: E402
 
 # What the run must hold to pass (issue 29): p99 of the last minute against the second's (the first warms up),
