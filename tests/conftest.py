@@ -101,6 +101,25 @@ def run_main(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True, **kwargs)
 
 
+def run_together(commands: dict[str, list[str]], input: str = "", timeout: float = 300,
+                 **popen_kwargs) -> dict[str, subprocess.CompletedProcess]:  # fmt: skip
+    """Independent commands at once, each with ``input`` on its standard input: each spends its first seconds
+    importing, which two cores overlap. Every one is waited for; one still running after ``timeout`` is killed."""
+    popen_kwargs.setdefault("cwd", REPO)
+    started = {name: subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, **popen_kwargs) for name, command in commands.items()}  # fmt: skip
+    results = {}
+    try:
+        for name, process in started.items():
+            stdout, stderr = process.communicate(input=input, timeout=timeout)
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    finally:
+        for process in started.values():
+            process.kill()  # a no-op for those that ended; one that hung does not outlive the test
+            process.wait()
+    return results
+
+
 def read_predictions(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))

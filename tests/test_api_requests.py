@@ -18,6 +18,8 @@ from test_stopping import output, start_server, stopped, tiny_model
 from weibo_sentiment.serving.checks import MAX_JSON_DEPTH, max_body_bytes
 from weibo_sentiment.settings import ServeSettings
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 MAX_TEXTS, MAX_CHARS, BODY_SECONDS = 8, 100, 5
 MAX_BODY_BYTES = max_body_bytes(ServeSettings(max_texts=MAX_TEXTS, max_chars=MAX_CHARS))
 TOO_DEEP = f"more than {MAX_JSON_DEPTH} deep"

@@ -13,6 +13,8 @@ import pytest
 from conftest import REPO, cli_args, read_predictions, real_rows, run_main, write_csv
 from weibo_sentiment.integrations.bettafish import BatchSentimentResult, SentimentResult, WeiboSentimentAnalyzer
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 RESULT_FIELDS = {"text", "sentiment_label", "confidence", "probability_distribution", "success", "error_message",
                  "analysis_performed"}  # fmt: skip
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -150,6 +148,7 @@ def test_a_moved_base_model_is_taken_from_the_command_line_not_the_checkpoint(
     assert len(read_predictions(tmp_path / "p.csv")) == 50
 
 
+@pytest.mark.e2e
 def test_predict_reads_standard_input_through_main_py(trained: dict, tiny_gpt2: str, tmp_path: Path) -> None:
     out = tmp_path / "stdin.jsonl"
     result = run_main(cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(trained["best"]),
@@ -311,6 +310,7 @@ NOT_FOR_THIS_RUN = ("💡 Tip", "litlogger", "dirpath has changed", "best_model_
 deprecation notes of the libraries underneath."""
 
 
+@pytest.mark.e2e
 def test_fit_and_predict_print_only_what_a_user_needs(trained: dict, tiny_gpt2: str, posts_csv: Path,
                                                       tmp_path: Path) -> None:  # fmt: skip
     # predict from a checkpoint of another run folder: that is where Lightning warned that the dirpath changed
@@ -322,10 +322,11 @@ def test_fit_and_predict_print_only_what_a_user_needs(trained: dict, tiny_gpt2: 
         assert not [line for line in printed.splitlines() if any(noise in line for noise in NOT_FOR_THIS_RUN)]
 
 
-def test_a_config_yaml_of_the_users_in_the_working_directory_is_never_touched(trained: dict, tiny_gpt2: str,
-                                                                              posts_csv: Path, tmp_path: Path) -> None:
+def test_a_config_yaml_of_the_users_in_the_working_directory_is_never_touched(
+        trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     workdir = tmp_path / "work"
     workdir.mkdir()
+    monkeypatch.chdir(workdir)  # each command runs in process, as main.py runs it, from the user's folder
     mine = workdir / "config.yaml"
     mine.write_text("# my own settings\nanswer: 42\n", "utf-8")
     base = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--model.model_name_or_path", tiny_gpt2,
@@ -342,9 +343,7 @@ def test_a_config_yaml_of_the_users_in_the_working_directory_is_never_touched(tr
         "export": ["export", *base, "--ckpt_path", str(trained["best"]), "--output_dir", "exported"],
     }  # fmt: skip
     for name, args in commands.items():
-        result = subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=workdir, capture_output=True,
-                                text=True)  # fmt: skip
-        assert result.returncode == 0, (name, result.stderr[-3000:])
+        main(args)
         assert mine.read_text("utf-8") == "# my own settings\nanswer: 42\n", name
     # with a logger the run owns its folder, and its config is saved there
     assert (workdir / "lightning_logs" / "version_0" / "config.yaml").is_file()

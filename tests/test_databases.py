@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from conftest import REPO, cli_args, read_predictions, run_main, start_in_own_group, stop_process_group
 from database_servers import PASSWORD, READER, READER_PASSWORD, USER, Server
 from tools.crawl_db import fill
+
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
 
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 LABELS = "weibo_sentiment_labels"
@@ -79,22 +81,37 @@ def one_error_line(result: subprocess.CompletedProcess | Any) -> str:
     return lines[0]
 
 
-def test_labels_written_beside_the_posts_equal_predict_from_a_csv_and_a_rerun_labels_only_new_rows(
-        trained: dict, tiny_gpt2: str, database: str, tmp_path: Path) -> None:  # fmt: skip
-    fill(database, notes=120, comments=0)
-    query(database, "INSERT INTO weibo_note (note_id, content, create_time) VALUES (1, NULL, 0), (2, '', 0)")
-    posts = query(database, "SELECT note_id, content FROM weibo_note ORDER BY id")
-    csv_path = tmp_path / "weibo_note.csv"  # the same posts as a file, as MediaCrawler's CSV export has them
+def fill_notes(url: str) -> list[tuple[Any, Any]]:
+    """120 crawled posts and two without text (NULL and ''); the table's (note_id, content) rows, in order."""
+    fill(url, notes=120, comments=0)
+    query(url, "INSERT INTO weibo_note (note_id, content, create_time) VALUES (1, NULL, 0), (2, '', 0)")
+    return [tuple(row) for row in query(url, "SELECT note_id, content FROM weibo_note ORDER BY id")]
+
+
+@pytest.fixture(scope="module")
+def from_csv(trained: dict, tiny_gpt2: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The posts ``fill_notes`` writes, as a file (as MediaCrawler's CSV export has them), labelled by ``main.py
+    predict``: what labelling them in any database must give. Once for every kind of database."""
+    root = tmp_path_factory.mktemp("from-csv")
+    posts = fill_notes(f"sqlite:///{root / 'crawl.db'}")
+    csv_path = root / "weibo_note.csv"
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["note_id", "content"])
         writer.writerows([(note_id, content or "") for note_id, content in posts])
-    from_csv = run_main(cli_args("predict", tiny_gpt2, tmp_path / "csv", "--ckpt_path", str(trained["last"]),
-                                 "--data.predict_path", str(csv_path), "--data.text_column", "content",
-                                 "--data.id_column", "note_id", "--predict_writer.output_path",
-                                 str(tmp_path / "predictions.csv")))  # fmt: skip
-    assert from_csv.returncode == 0, from_csv.stderr[-3000:]
-    expected = {row["id"]: row for row in read_predictions(tmp_path / "predictions.csv")}
+    result = run_main(cli_args("predict", tiny_gpt2, root, "--ckpt_path", str(trained["last"]), "--data.predict_path",
+                               str(csv_path), "--data.text_column", "content", "--data.id_column", "note_id",
+                               "--predict_writer.output_path", str(root / "predictions.csv")))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"posts": posts, "expected": {row["id"]: row for row in read_predictions(root / "predictions.csv")}}
+
+
+def test_labels_written_beside_the_posts_equal_predict_from_a_csv_and_a_rerun_labels_only_new_rows(
+        trained: dict, tiny_gpt2: str, database: str, from_csv: dict, tmp_path: Path) -> None:  # fmt: skip
+    posts = fill_notes(database)
+    assert [(str(note_id), content) for note_id, content in posts] == \
+        [(str(note_id), content) for note_id, content in from_csv["posts"]]  # the same posts as the file's
+    expected = from_csv["expected"]
 
     result = run_main(predict_db(trained, tiny_gpt2, tmp_path / "db", database))
     assert result.returncode == 0, result.stderr[-3000:]

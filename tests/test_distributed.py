@@ -9,6 +9,8 @@ import pytest
 
 from conftest import cli_args, read_predictions, run_main
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
 
 

@@ -88,6 +88,7 @@ def test_every_relative_link_resolves(page: Path) -> None:
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("page", PAGES, ids=rel)
 def test_every_anchor_names_a_heading(page: Path) -> None:
     """``page.md#section`` and ``#section``: the section is a heading of that page (GitHub's anchors)."""

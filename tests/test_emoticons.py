@@ -121,6 +121,7 @@ def test_two_view_loss_is_both_views_cross_entropy_plus_lambda_times_symmetric_k
     assert symmetric_kl(logits, torch.tensor([[0, 3]])) > symmetric_kl(logits, torch.tensor([[0, 1]])) > 0
 
 
+@pytest.mark.e2e
 def test_two_view_training_is_deterministic_and_resumes_mid_epoch_to_the_same_weights(
     tiny_gpt2: str, train_csv: Path, tmp_path: Path
 ) -> None:
@@ -138,12 +139,11 @@ def test_two_view_training_is_deterministic_and_resumes_mid_epoch_to_the_same_we
                         "--checkpoint.last_every_n_train_steps", "5", *extra)  # fmt: skip
 
     last = lambda root: root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"  # noqa: E731
-    runs = [tmp_path / "a", tmp_path / "b"]
-    for root in runs:
-        result = run_main(args(root))
-        assert result.returncode == 0, result.stderr[-3000:]
-    a, b = (torch.load(last(root), weights_only=True) for root in runs)
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])  # same seed, same run
+    result = run_main(args(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = torch.load(last(tmp_path / "a"), weights_only=True)
+    # The same seed, killed mid-epoch and resumed, must end on the very same weights: the two views of each post,
+    # their batches and dropout are drawn the same in both runs, and resuming restores where they stood.
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "main.py", *args(killed)], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip

@@ -125,6 +125,7 @@ def test_the_onnx_export_is_cached_by_trained_weights_and_base_model(trained_loo
         next(p for n, p in module.named_parameters() if "lora_B" in n).sub_(0.01)
 
 
+@pytest.mark.e2e
 def test_the_cache_key_is_the_same_in_every_process(tiny_gpt2: str, tmp_path: Path) -> None:
     """Python randomises set order per process (peft keeps target_modules as a set): the key must not see it."""
     module = SentimentClassifier(model_name_or_path=tiny_gpt2)

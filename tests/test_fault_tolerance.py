@@ -10,9 +10,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import BATCH, EPOCHS, REPO, TRAIN_POSTS, cli_args, read_predictions, real_rows, run_main, write_csv
+
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
 
 STEPS = EPOCHS * -(-TRAIN_POSTS // BATCH)
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICKSTART, REPO, quickstart_args, read_predictions, run_main
+from conftest import QUICKSTART, REPO, quickstart_args, read_predictions, run_main, run_together
+
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
 
 MODES = {
     "torch fp32": [],
@@ -32,9 +34,17 @@ def predict(quickstart: dict, out: Path, *extra: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def rows_by_mode(quickstart: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
+    """``main.py predict`` of the same posts in every mode (the runs at once: independent, and mostly start-up)."""
     out = tmp_path_factory.mktemp("modes")
-    return {mode: predict(quickstart, out / f"{i}.csv", "--ckpt_path", quickstart["ckpt"], *args)
-            for i, (mode, args) in enumerate(MODES.items())}  # fmt: skip
+    commands = {mode: [sys.executable, "main.py", *quickstart_args(
+        "predict", out / str(number), "--data.predict_path", str(quickstart["posts"]), "--predict_writer.output_path",
+        str(out / f"{number}.csv"), "--ckpt_path", quickstart["ckpt"], *args)]
+        for number, (mode, args) in enumerate(MODES.items())}  # fmt: skip
+    rows = {}
+    for number, (mode, result) in enumerate(run_together(commands).items()):
+        assert result.returncode == 0, (mode, result.stderr[-3000:])
+        rows[mode] = read_predictions(out / f"{number}.csv")
+    return rows
 
 
 def probabilities(rows: list[dict[str, str]]) -> list[float]:
@@ -118,25 +128,30 @@ def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: di
     """From the exported directory: the console (fp32) and the API (int8) answer as main.py predict does in the same
     mode: the same engine. (int8 quantises each post's activations on their own: the API's one request of all the
     posts and predict's length-sorted batches give the same numbers.)"""
-    base = ["--config", QUICKSTART, "--model.model_name_or_path", str(exported)]
-    fp32 = [row for row in predict(quickstart, tmp_path / "fp32.csv", *base[2:]) if row["prob_positive"]]
-    int8 = [row for row in predict(quickstart, tmp_path / "int8.csv", *base[2:], "--model.quantize", "int8")
-            if row["prob_positive"]]  # fmt: skip
-    texts = [row["review"] for row in fp32]
-    console = subprocess.run([sys.executable, "-m", "weibo_sentiment.console", *base, "--runtime", "onnxruntime"],
-                             input="\n".join(texts) + "\n", cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert console.returncode == 0, console.stderr[-2000:]
-    said = [line.split() for line in console.stdout.splitlines()]
-    assert [words[0] for words in said] == [row["sentiment"] for row in fp32]
-    assert all(abs(float(words[2]) - float(row["confidence"])) <= 0.0051 for words, row in zip(said, fp32))
-
     from test_serve import call, free_port, post
 
+    base = ["--config", QUICKSTART, "--model.model_name_or_path", str(exported)]
+    texts = [row["review"] for row in read_predictions(quickstart["posts"]) if row["review"].strip()]
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "weibo_sentiment.serve", *base, "--quantize", "int8",
                                "--serve.port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)  # fmt: skip
     try:
+        predict = lambda mode, *extra: [sys.executable, "main.py", *quickstart_args(  # noqa: E731
+            "predict", tmp_path / mode, "--data.predict_path", str(quickstart["posts"]), "--predict_writer.output_path",
+            str(tmp_path / f"{mode}.csv"), *base[2:], *extra)]  # fmt: skip
+        runs = run_together({"fp32": predict("fp32"), "int8": predict("int8", "--model.quantize", "int8"),
+                             "console": [sys.executable, "-m", "weibo_sentiment.console", *base, "--runtime",
+                                         "onnxruntime"]}, input="\n".join(texts) + "\n")  # fmt: skip
+        for name, result in runs.items():
+            assert result.returncode == 0, (name, result.stderr[-2000:])
+        fp32, int8 = ([row for row in read_predictions(tmp_path / f"{mode}.csv") if row["prob_positive"]]
+                      for mode in ("fp32", "int8"))  # fmt: skip
+        assert [row["review"] for row in fp32] == texts
+        said = [line.split() for line in runs["console"].stdout.splitlines()]
+        assert [words[0] for words in said] == [row["sentiment"] for row in fp32]
+        assert all(abs(float(words[2]) - float(row["confidence"])) <= 0.0051 for words, row in zip(said, fp32))
+
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
             try:

@@ -24,6 +24,8 @@ from database_servers import Server
 from test_stopping import output, start, start_server, stopped, tiny_model
 from tools.crawl_db import fill
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 GONE_WITHIN = 15  # seconds, from the kill
 STOPPED_BEFORE_KILL = 1.0  # seconds
 # Batches larger than a pipe's buffer (64 KiB): a reader ahead of a stopped main process blocks writing one.

@@ -35,6 +35,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 
 def open_browser(profile: Path) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()

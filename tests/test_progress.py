@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import QUICKSTART, REPO, real_rows, write_csv
+
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
 
 
 def predict_with_the_bar(trained: dict, tiny_gpt2: str, tmp_path: Path, *extra: str, **run) -> list[str]:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, quickstart_args, read_predictions, run_main
+from conftest import REPO, quickstart_args, read_predictions, run_main, run_together
+
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
 
 
 def readme_python_example() -> str:
@@ -131,14 +133,16 @@ def test_last_is_the_same_checkpoint_for_predict_the_api_the_console_and_the_exp
         "export": main_py + ["export", *common, "--output_dir", str(tmp_path / "exported")],
         "console": [sys.executable, "-m", "weibo_sentiment.console", *common],
     }  # fmt: skip
-    for name, args in runs.items():
-        result = subprocess.run(args, cwd=workdir, capture_output=True, text=True, input="好开心\n",
-                                env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
-        assert result.returncode == 0, (name, result.stderr[-2000:])
-        assert expected in result.stdout + result.stderr, name
     port = free_port()
     server = start([sys.executable, "-m", "weibo_sentiment.serve", *common, "--serve.port", str(port)],
                    tmp_path / "server-logs", cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
-    wait_for(lambda: _health(f"http://127.0.0.1:{port}", {}) == 200, server)
-    assert expected in output(server)[0]
-    assert stopped(server, signal.SIGTERM)[0] == 0
+    try:
+        results = run_together(runs, input="好开心\n", cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)})
+        for name, result in results.items():
+            assert result.returncode == 0, (name, result.stderr[-2000:])
+            assert expected in result.stdout + result.stderr, name
+        wait_for(lambda: _health(f"http://127.0.0.1:{port}", {}) == 200, server)
+        assert expected in output(server)[0]
+    finally:
+        exit_code = stopped(server, signal.SIGTERM)[0]
+    assert exit_code == 0

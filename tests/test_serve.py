@@ -111,6 +111,7 @@ def test_a_text_longer_than_the_model_window_is_marked_truncated(server: dict) -
     assert post(server["url"], {"text": "好" * 127})[1]["truncated"] is True
 
 
+@pytest.mark.e2e
 def test_the_console_labels_piped_posts_until_q(trained: dict, tiny_gpt2: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "weibo_sentiment.console", "--config", QUICKSTART, "--model.model_name_or_path", tiny_gpt2,
@@ -125,6 +126,7 @@ def test_the_console_labels_piped_posts_until_q(trained: dict, tiny_gpt2: str) -
     assert "[泪]" in lines[3]
 
 
+@pytest.mark.e2e
 def test_the_console_and_server_refuse_a_missing_checkpoint_in_one_line(tiny_gpt2: str, tmp_path: Path) -> None:
     for module in ("weibo_sentiment.console", "weibo_sentiment.serve"):
         result = subprocess.run(
@@ -136,6 +138,7 @@ def test_the_console_and_server_refuse_a_missing_checkpoint_in_one_line(tiny_gpt
         assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.ckpt'}: no such checkpoint file"
 
 
+@pytest.mark.e2e
 def test_an_unknown_serve_setting_is_one_line(tiny_gpt2: str, trained: dict, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text((REPO / "configs" / "quickstart.yaml").read_text(encoding="utf-8") + "  prot: 8001\n", "utf-8")

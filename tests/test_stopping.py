@@ -20,6 +20,8 @@ from conftest import (QUICKSTART, REPO, alive_in_group, cli_args, real_rows, run
                       stop_process_group, write_csv)  # fmt: skip
 from test_serve import call, free_port, post
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 FIT_POSTS = 1500  # 85 steps an epoch, 3 epochs: long enough to be stopped in the second
 
 

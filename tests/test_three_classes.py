@@ -18,6 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, cli_args, read_predictions, real_rows, run_main, write_csv
 from tools.crawl_db import fill
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 HUMAN_TRAIN = REPO / "data" / "sample" / "smp2020_usual_train_1200.csv"
 HUMAN_EVAL = REPO / "data" / "sample" / "smp2020_usual_eval_400.csv"
 PEOPLE = "{path: %s, text_column: text, label_column: emotion}"
@@ -48,9 +50,17 @@ def three_class(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: str, train_
             "posts": write_csv(root / "posts.csv", rows)}  # fmt: skip
 
 
-def predict_args(model: dict, out: Path | str, *extra: str) -> list[str]:
-    return cli_args("predict", model["tiny_gpt2"], model["root"], "--ckpt_path", str(model["best"]),
-                    "--data.predict_path", str(model["posts"]), "--predict_writer.output_path", str(out), *extra)  # fmt: skip
+@pytest.fixture(scope="session")
+def predicted(three_class: dict) -> dict:
+    """``main.py predict`` of the three-class model on its 60 posts, once: the rows every other entry point must
+    give, and what it printed."""
+    out = three_class["root"] / "predictions.csv"
+    result = run_main(cli_args("predict", three_class["tiny_gpt2"], three_class["root"], "--ckpt_path",
+                               str(three_class["best"]), "--data.predict_path", str(three_class["posts"]),
+                               "--predict_writer.output_path", str(out)))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_predictions(out)
+    return {"rows": rows, "classified": [row for row in rows if row["sentiment"] != "empty"], "stdout": result.stdout}
 
 
 def test_people_validate_every_epoch_and_choose_the_checkpoint(three_class: dict) -> None:
@@ -80,11 +90,8 @@ def test_main_py_test_scores_a_file_labelled_by_people(three_class: dict, traine
             assert "83 labelled 'neutral' (the model has no neutral class (model.num_labels 2))" in result.stdout
 
 
-def test_predictions_of_a_three_class_model_carry_every_class(three_class: dict, tmp_path: Path) -> None:
-    out = tmp_path / "predictions.csv"
-    result = run_main(predict_args(three_class, out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_predictions(out)
+def test_predictions_of_a_three_class_model_carry_every_class(predicted: dict) -> None:
+    rows = predicted["rows"]
     assert list(rows[0]) == ["id", "review", "label", "sentiment", "confidence", "prob_negative", "prob_neutral",
                              "prob_positive", "emoticons", "truncated"]  # fmt: skip
     assert rows[4]["sentiment"] == "empty" and rows[4]["prob_neutral"] == ""
@@ -96,16 +103,15 @@ def test_predictions_of_a_three_class_model_carry_every_class(three_class: dict,
         assert float(row["confidence"]) == max(probabilities) and probabilities[int(row["label"])] == max(probabilities)
     counts = {name: sum(row["sentiment"] == name for row in classified) for name in NAMES}
     assert counts["neutral"] > 0  # the model's own neutral, trained on people's neutral posts
-    assert f"{counts['negative']} negative" in result.stdout and f"{counts['neutral']} neutral" in result.stdout
+    assert f"{counts['negative']} negative" in predicted["stdout"] and f"{counts['neutral']} neutral" in predicted["stdout"]
 
 
-def test_the_python_api_and_a_database_labels_table_carry_every_class(three_class: dict, tmp_path: Path) -> None:
+def test_the_python_api_and_a_database_labels_table_carry_every_class(three_class: dict, predicted: dict,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
     from weibo_sentiment import SentimentAnalyzer
     from weibo_sentiment.errors import UserError
 
-    out = tmp_path / "predictions.jsonl"
-    assert run_main(predict_args(three_class, out)).returncode == 0
-    expected = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = predicted["rows"]
     texts = [row["review"] for row in expected]
     with SentimentAnalyzer.load(three_class["best"], base_model=three_class["tiny_gpt2"]) as analyzer:
         rows = [row.to_dict() for row in analyzer.predict(texts)]
@@ -115,9 +121,11 @@ def test_the_python_api_and_a_database_labels_table_carry_every_class(three_clas
     for row, want in zip(rows, expected):
         assert list(row) == ["label", "sentiment", "confidence", "prob_negative", "prob_neutral", "prob_positive",
                              "emoticons", "truncated"]  # fmt: skip
-        assert (row["label"], row["sentiment"]) == (want["label"], want["sentiment"])
-        for name in NAMES:
-            assert row[f"prob_{name}"] == pytest.approx(want[f"prob_{name}"], abs=2e-6)
+        in_file = lambda value: "" if value is None else str(value)  # noqa: E731  (the file leaves None empty)
+        assert (in_file(row["label"]), row["sentiment"]) == (want["label"], want["sentiment"])
+        for name in NAMES:  # the file holds 6 decimals
+            wanted = want[f"prob_{name}"]
+            assert row[f"prob_{name}"] == (None if wanted == "" else pytest.approx(float(wanted), abs=2e-6))
     with sqlite3.connect(tmp_path / "crawl.db") as db:
         stored = db.execute("SELECT label, sentiment, prob_negative, prob_neutral, prob_positive, confidence "
                             "FROM weibo_sentiment_labels WHERE sentiment != 'empty'").fetchall()  # fmt: skip
@@ -151,13 +159,11 @@ def test_main_py_labels_a_table_and_the_trend_counts_the_models_neutral(three_cl
         assert sum(row[name] for row in rows) == by_sentiment.get(name, 0)
 
 
-def test_the_http_api_answers_every_class(three_class: dict, tmp_path: Path) -> None:
+def test_the_http_api_answers_every_class(three_class: dict, predicted: dict, tmp_path: Path) -> None:
     from test_serve import post
     from test_stopping import start_server, stopped
 
-    out = tmp_path / "predictions.csv"
-    assert run_main(predict_args(three_class, out)).returncode == 0
-    expected = [row for row in read_predictions(out) if row["sentiment"] != "empty"]
+    expected = predicted["classified"]
     process, base = start_server(["--model.model_name_or_path", three_class["tiny_gpt2"], "--ckpt_path",
                                   str(three_class["best"])], tmp_path)  # fmt: skip
     try:
@@ -175,12 +181,10 @@ def test_the_http_api_answers_every_class(three_class: dict, tmp_path: Path) -> 
     assert answer["summary"]["neutral"] == neutral and answer["report"]["counts"]["neutral"] == neutral
 
 
-def test_the_bettafish_analyzer_says_the_models_neutral(three_class: dict, tmp_path: Path) -> None:
+def test_the_bettafish_analyzer_says_the_models_neutral(three_class: dict, predicted: dict) -> None:
     from weibo_sentiment.integrations.bettafish import WeiboSentimentAnalyzer
 
-    out = tmp_path / "predictions.csv"
-    assert run_main(predict_args(three_class, out)).returncode == 0
-    expected = [row for row in read_predictions(out) if row["sentiment"] != "empty"]
+    expected = predicted["classified"]
     analyzer = WeiboSentimentAnalyzer(model=str(three_class["best"]))  # the default band: for two-class models only
     assert analyzer.initialize(), analyzer.disable_reason
     results = analyzer.analyze_batch([row["review"] for row in expected], show_progress=False).results

@@ -16,6 +16,8 @@ from conftest import REPO, cli_args, run_main
 from tools.crawl_db import fill
 from weibo_sentiment.integrations.trend import period_of
 
+pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
+
 
 @pytest.fixture(scope="module")
 def labelled_crawl(trained: dict, tiny_gpt2: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
