@@ -25,9 +25,14 @@ MODES = {
 }
 
 
+def predict_args(quickstart: dict, root: Path, out: Path, *extra: str) -> list[str]:
+    """``main.py predict`` of the quickstart's posts into ``out``, run folder ``root``."""
+    return quickstart_args("predict", root, "--data.predict_path", str(quickstart["posts"]),
+                           "--predict_writer.output_path", str(out), *extra)  # fmt: skip
+
+
 def predict(quickstart: dict, out: Path, *extra: str) -> list[dict[str, str]]:
-    result = run_main(quickstart_args("predict", quickstart["root"], "--data.predict_path", str(quickstart["posts"]),
-                                      "--predict_writer.output_path", str(out), *extra))  # fmt: skip
+    result = run_main(predict_args(quickstart, quickstart["root"], out, *extra))
     assert result.returncode == 0, result.stderr[-3000:]
     return read_predictions(out)
 
@@ -36,10 +41,9 @@ def predict(quickstart: dict, out: Path, *extra: str) -> list[dict[str, str]]:
 def rows_by_mode(quickstart: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
     """``main.py predict`` of the same posts in every mode (the runs at once: independent, and mostly start-up)."""
     out = tmp_path_factory.mktemp("modes")
-    commands = {mode: [sys.executable, "main.py", *quickstart_args(
-        "predict", out / str(number), "--data.predict_path", str(quickstart["posts"]), "--predict_writer.output_path",
-        str(out / f"{number}.csv"), "--ckpt_path", quickstart["ckpt"], *args)]
-        for number, (mode, args) in enumerate(MODES.items())}  # fmt: skip
+    commands = {mode: [sys.executable, "main.py", *predict_args(quickstart, out / str(number), out / f"{number}.csv",
+                                                                "--ckpt_path", quickstart["ckpt"], *args)]
+                for number, (mode, args) in enumerate(MODES.items())}  # fmt: skip
     rows = {}
     for number, (mode, result) in enumerate(run_together(commands).items()):
         assert result.returncode == 0, (mode, result.stderr[-3000:])
@@ -137,10 +141,9 @@ def test_the_console_and_the_api_give_the_rows_of_main_py_predict(quickstart: di
                                "--serve.port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)  # fmt: skip
     try:
-        predict = lambda mode, *extra: [sys.executable, "main.py", *quickstart_args(  # noqa: E731
-            "predict", tmp_path / mode, "--data.predict_path", str(quickstart["posts"]), "--predict_writer.output_path",
-            str(tmp_path / f"{mode}.csv"), *base[2:], *extra)]  # fmt: skip
-        runs = run_together({"fp32": predict("fp32"), "int8": predict("int8", "--model.quantize", "int8"),
+        command = lambda mode, *extra: [sys.executable, "main.py", *predict_args(  # noqa: E731
+            quickstart, tmp_path / mode, tmp_path / f"{mode}.csv", *base[2:], *extra)]  # fmt: skip
+        runs = run_together({"fp32": command("fp32"), "int8": command("int8", "--model.quantize", "int8"),
                              "console": [sys.executable, "-m", "weibo_sentiment.console", *base, "--runtime",
                                          "onnxruntime"]}, input="\n".join(texts) + "\n")  # fmt: skip
         for name, result in runs.items():
