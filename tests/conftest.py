@@ -120,6 +120,22 @@ def run_together(commands: dict[str, list[str]], input: str = "", timeout: float
     return results
 
 
+# A resumed run repeats the uninterrupted one, in practice bit for bit; but the CPU's math library may round a sum
+# differently now and then (seen once in a whole suite on a 2-core Intel Xeon: 4e-8 after 255 steps), while a
+# resume that trains one batch twice moves the weights by ~1e-2 (measured, 2026-12-06). 1e-6 tells the two apart.
+RESUMED_WEIGHTS_ATOL = 1e-6
+
+
+def assert_same_weights(got: dict, expected: dict) -> None:
+    """Two checkpoints' ``state_dict``s hold the same tensors, to within float rounding (``RESUMED_WEIGHTS_ATOL``)."""
+    import torch  # only the tests that resume need it
+
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, rtol=0, atol=RESUMED_WEIGHTS_ATOL,
+                                   msg=lambda detail, key=key: f"{key}: {detail}")
+
+
 def read_predictions(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import real_rows, write_csv
+from conftest import assert_same_weights, real_rows, write_csv
 from weibo_sentiment.data.batching import LengthGroupedBatches
 from weibo_sentiment.training.datamodule import WeiboDataModule
 from weibo_sentiment.emoticons import EmoticonTags
@@ -154,7 +154,7 @@ def test_two_view_training_is_deterministic_and_resumes_mid_epoch_to_the_same_we
     assert 0 < torch.load(last(killed), weights_only=True)["global_step"] < a["global_step"]
     assert run_main([*args(killed), "--ckpt_path", "last"]).returncode == 0
     resumed = torch.load(last(killed), weights_only=True)
-    assert all(torch.equal(resumed["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
+    assert_same_weights(resumed["state_dict"], a["state_dict"])
 
 
 def test_two_views_and_emoticon_dropout_do_not_mix(tiny_gpt2: str) -> None:

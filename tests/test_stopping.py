@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (QUICKSTART, REPO, alive_in_group, cli_args, real_rows, run_main, start_in_own_group,
-                      stop_process_group, write_csv)  # fmt: skip
+from conftest import (QUICKSTART, REPO, alive_in_group, assert_same_weights, cli_args, real_rows, run_main,
+                      start_in_own_group, stop_process_group, write_csv)  # fmt: skip
 from test_serve import call, free_port, post
 
 pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
@@ -103,8 +103,7 @@ def test_fit_stopped_writes_last_ckpt_where_it_stood_and_resumes_to_the_same_sta
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = torch.load(last, weights_only=True)
     assert (got["global_step"], got["epoch"]) == (uninterrupted["global_step"], uninterrupted["epoch"])
-    for key, tensor in uninterrupted["state_dict"].items():
-        assert torch.equal(got["state_dict"][key], tensor), key  # the state of a run that never stopped
+    assert_same_weights(got["state_dict"], uninterrupted["state_dict"])  # the state of a run that never stopped
 
 
 @pytest.fixture(scope="module")
