@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import pytest
+import torch
 
 from database_servers import Server, remove, start_mariadb, start_postgresql
 from tools.tiny_models import build_bert, build_gpt2
@@ -128,8 +129,6 @@ RESUMED_WEIGHTS_ATOL = 1e-6
 
 def assert_same_weights(got: dict, expected: dict) -> None:
     """Two checkpoints' ``state_dict``s hold the same tensors, to within float rounding (``RESUMED_WEIGHTS_ATOL``)."""
-    import torch  # only the tests that resume need it
-
     assert got.keys() == expected.keys()
     for key, tensor in expected.items():
         torch.testing.assert_close(got[key], tensor, rtol=0, atol=RESUMED_WEIGHTS_ATOL,
