@@ -123,6 +123,7 @@ def test_the_package_imports_no_tool_or_benchmark() -> None:
 def library_private_names() -> set[str]:
     """The private attributes of the Lightning and LitServe classes this project builds on."""
     import litserve
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver  # DDP's launcher
     from lightning.pytorch import LightningDataModule, LightningModule, Trainer
     from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, RichProgressBar, TQDMProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -131,9 +132,10 @@ def library_private_names() -> set[str]:
 
     classes = (LightningDataModule, LightningModule, Trainer, BasePredictionWriter, ModelCheckpoint, RichProgressBar,
                TQDMProgressBar, LightningCLI, SaveConfigCallback, TensorBoardLogger, TorchCheckpointIO,
-               litserve.LitServer, litserve.LitAPI)  # fmt: skip
+               litserve.LitServer, litserve.LitAPI, _ChildProcessObserver)  # fmt: skip
     names = {name for cls in classes for name in dir(cls) if name.startswith("_") and not name.startswith("__")}
-    for cls in (ModelCheckpoint, TensorBoardLogger, LightningCLI):  # attributes set in __init__, not on the class
+    # attributes set in __init__, not on the class
+    for cls in (ModelCheckpoint, TensorBoardLogger, LightningCLI, _ChildProcessObserver):
         names |= set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", inspect.getsource(cls.__init__)))
     return names
 

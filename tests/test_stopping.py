@@ -134,6 +134,36 @@ def test_predict_stopped_removes_its_temporaries_and_leaves_the_previous_output(
     assert not (tmp_path / "lightning_logs").exists() or not any((tmp_path / "lightning_logs").iterdir())
 
 
+# A DDP launcher whose ranks have stopped, as Lightning starts and watches them, but with a look every 0.1 s instead of
+# every 5 s, and a clean-up on the way out that lasts {cleanup} s.
+LAUNCHER = """
+import os, signal, subprocess, sys, time
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from weibo_sentiment import stopping
+stopping.LAUNCHER_STOP_GRACE_SECONDS = {grace}
+rank = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(143)"])  # a rank the same stop ended
+_ChildProcessObserver(main_pid=os.getpid(), child_processes=[rank], sleep_period=0.1).start()
+with stopping.exit_when_stopped():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+    finally:
+        time.sleep({cleanup})  # removing temporaries, writing last.ckpt
+"""
+
+
+@pytest.mark.parametrize(("grace", "cleanup", "code"), [(60, 1.5, 143), (0.5, 60, -signal.SIGKILL)],
+                         ids=["a-stop-that-ends-is-spared", "a-stop-that-hangs-is-still-killed"])  # fmt: skip
+def test_a_stopping_ddp_launcher_ends_of_its_own_accord(grace: float, cleanup: float, code: int,
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    # Lightning's observer of the ranks kills the launcher once a rank has exited non-zero: while the launcher of a
+    # stopped `predict` on two processes was still removing its temporaries, CI once saw it killed (-9, not 143).
+    process = start([sys.executable, "-c", LAUNCHER.format(grace=grace, cleanup=cleanup)], tmp_path)
+    process.wait(timeout=30)
+    assert process.returncode == code, output(process)[1][-2000:]
+    assert ("stopped by SIGTERM" in output(process)[1]) == (code == 143)
+
+
 def test_validate_stopped_by_ctrl_c_exits_130_and_leaves_no_run_folder(trained: dict, tiny_gpt2: str,
                                                                       tmp_path: Path) -> None:  # fmt: skip
     val = write_csv(tmp_path / "val.csv", real_rows(400) * 30)  # 12,000 posts

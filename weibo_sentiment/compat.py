@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from importlib.metadata import version
 from typing import Any, Optional
 
@@ -64,6 +66,35 @@ def saves_after_training_epochs(callback: Any, trainer: Any) -> bool:
 def skips_saving_now(callback: Any, trainer: Any) -> bool:
     """Lightning's own reasons not to save at this moment (sanity check, fast_dev_run, saved at this step)."""
     return callback._should_skip_saving_checkpoint(trainer)
+
+
+# ---- Lightning: the DDP launcher's child-process observer -----------------------------------------------------------
+# Lightning's DDP launcher watches the ranks it started from a thread of rank 0 that looks every 5 s and, once one has
+# exited with a non-zero code, kills them all and rank 0 itself with SIGKILL (so that no rank waits forever in a
+# collective for a dead one). A stop signal ends every rank with 128 + its number (Lightning forwards SIGTERM to the
+# ranks itself, Ctrl-C reaches them all), so a rank 0 still removing its temporaries or writing last.ckpt when the
+# observer looked was killed halfway: seen once in CI as ``main.py predict`` on two processes exiting -9, not 143.
+# There is no public way to tell the observer that rank 0 is stopping; spare_a_stopping_launcher wraps its look.
+LIGHTNING_OBSERVER_MODULE = "lightning.fabric.strategies.launchers.subprocess_script"
+LIGHTNING_OBSERVER_NAMES = ("_ChildProcessObserver",)
+
+
+def spare_a_stopping_launcher(grace_seconds: float) -> None:
+    """This process was asked to stop: if it is the launcher of DDP ranks, the observer of those ranks leaves it
+    ``grace_seconds`` to exit of its own accord (its ranks die with it, ``processes.py``) before it does what it
+    would have done, so a stop that hangs still ends."""
+    module = sys.modules.get(LIGHTNING_OBSERVER_MODULE)
+    if module is None:  # Lightning never started ranks in this process
+        return
+    deadline = time.monotonic() + grace_seconds
+    for thread in threading.enumerate():
+        if isinstance(thread, module._ChildProcessObserver):
+            thread._run = partial(_look_after, deadline, thread._run)
+
+
+def _look_after(deadline: float, look: Callable[[], bool]) -> bool:
+    """The observer's look (True: done watching), or before ``deadline`` nothing (False: keep watching)."""
+    return look() if time.monotonic() >= deadline else False
 
 
 # ---- LitServe: LitServer's shutdown ---------------------------------------------------------------------------------
@@ -161,6 +192,10 @@ def _check_loaded_libraries() -> None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         _require("lightning", ModelCheckpoint, LIGHTNING_CHECKPOINT_NAMES)
+    if LIGHTNING_OBSERVER_MODULE in sys.modules:
+        observer_module = sys.modules[LIGHTNING_OBSERVER_MODULE]
+        _require("lightning", observer_module, LIGHTNING_OBSERVER_NAMES)
+        _require("lightning", observer_module._ChildProcessObserver, ("_run",))
     if "litserve" in sys.modules:
         import litserve
 

@@ -22,6 +22,12 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable, Optional
 
+from weibo_sentiment.compat import spare_a_stopping_launcher
+
+LAUNCHER_STOP_GRACE_SECONDS = 60.0
+"""How long the launcher of DDP ranks may take to stop of its own accord (finish a training step, write last.ckpt,
+remove temporaries) once its ranks have stopped, before Lightning's watch over them kills it."""
+
 
 def handle_stop_signals(handler: Callable[[int, Optional[FrameType]], Any]) -> None:
     """Give SIGTERM, and SIGINT unless the parent ignores it (a background job, ``nohup``), to ``handler``."""
@@ -59,6 +65,7 @@ class StopRequest:
         if self.signum is not None:  # asked twice: stop now
             raise Interrupted(self.signum)
         self.signum = signum
+        spare_a_stopping_launcher(LAUNCHER_STOP_GRACE_SECONDS)  # its ranks stop too, and must not get it killed
         if not self.finish_step:
             raise Interrupted(signum)
         # else: the training step in progress ends, then checkpointing writes last.ckpt and raises Interrupted
