@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import BATCH, EPOCHS, REPO, TRAIN_POSTS, cli_args, read_predictions, run_main
 from test_model import gpt2_trainable_keys
+from weibo_sentiment import SentimentAnalyzer
 from weibo_sentiment.cli import SentimentCLI, main
 from weibo_sentiment.inference.model_source import locate_checkpoint
 from weibo_sentiment.emoticons import EmoticonTags
@@ -347,3 +348,63 @@ def test_a_config_yaml_of_the_users_in_the_working_directory_is_never_touched(
         assert mine.read_text("utf-8") == "# my own settings\nanswer: 42\n", name
     # with a logger the run owns its folder, and its config is saved there
     assert (workdir / "lightning_logs" / "version_0" / "config.yaml").is_file()
+
+
+def test_full_fine_tuning_trains_and_checkpoints_the_backbone_and_predicts_from_the_checkpoint(
+    tiny_gpt2: str, train_csv: Path, posts_csv: Path, tmp_path: Path
+) -> None:
+    full = ("--model.backbone_learning_rate", "1e-3", "--model.learning_rate", "5e-3")
+    fit = SentimentCLI(args=cli_args("fit", tiny_gpt2, tmp_path, "--data.train_path", str(train_csv),
+                                     "--trainer.max_epochs", "1", *full))  # fmt: skip
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    (best,) = run_dir.glob("checkpoints/best-*.ckpt")
+    checkpoint = torch.load(best, weights_only=True)
+    saved = checkpoint["state_dict"]
+    base = dict(AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=2).named_parameters())
+    backbone = set(saved) - gpt2_trainable_keys()
+    # every backbone weight is saved (peft's idle copy of the head is not), and it has moved from the base's
+    assert gpt2_trainable_keys() < set(saved) and len(backbone) == len(base) - 1
+    assert not any("original_module" in key for key in saved)
+    key = "model.base_model.model.transformer.h.0.attn.c_attn.base_layer.weight"
+    assert not torch.equal(saved[key], base["transformer.h.0.attn.c_attn.weight"])
+    # two learning rates: LoRA and the head at learning_rate, the backbone at its own
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert [group["initial_lr"] for group in groups] == [5e-3, 1e-3]
+    assert [len(group["params"]) for group in groups] == [len(gpt2_trainable_keys()), len(backbone)]
+    assert not (run_dir / "adapter").exists()  # an adapter would lose the trained backbone
+
+    # predict from the checkpoint without the flag: the checkpoint says what it holds
+    out = tmp_path / "predictions.csv"
+    cli = SentimentCLI(args=cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(best),
+                                     "--data.predict_path", str(posts_csv), "--predict_writer.output_path", str(out)))
+    assert cli.model.hparams.backbone_learning_rate == 1e-3
+    assert len(read_predictions(out)) == 50
+    module = fit.model.eval()
+    batch = {"input_ids": torch.tensor([[101, 2769, 1599, 3614, 102]]), "attention_mask": torch.ones(1, 5).long()}
+    cli.model.eval()
+    with torch.no_grad():
+        fitted = module(**batch).softmax(-1)
+        loaded = cli.model(**batch).softmax(-1)
+    assert torch.allclose(fitted, loaded, atol=1e-6)  # the whole model came back, not LoRA on the pretrained base
+    # the Python API, through torch and through the ONNX export (LoRA merged into the fine-tuned backbone)
+    texts, written = [row["review"] for row in read_predictions(posts_csv)], read_predictions(out)
+    for runtime in ("torch", "onnxruntime"):
+        with SentimentAnalyzer.load(best, runtime=runtime) as analyzer:
+            rows = analyzer.predict(texts)
+        assert [row.prob_positive for row in rows] == pytest.approx([float(r["prob_positive"]) for r in written],
+                                                                    abs=1e-5)  # fmt: skip
+
+
+def test_a_lora_checkpoint_written_before_full_fine_tuning_loads_under_a_config_that_asks_for_it(
+    trained: dict, tiny_gpt2: str, posts_csv: Path, tmp_path: Path
+) -> None:
+    checkpoint = torch.load(trained["best"], weights_only=True)
+    del checkpoint["hyper_parameters"]["backbone_learning_rate"]  # as written before the setting existed
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    out = tmp_path / "p.csv"
+    cli = SentimentCLI(args=cli_args("predict", tiny_gpt2, tmp_path, "--ckpt_path", str(older),
+                                     "--model.backbone_learning_rate", "1e-4", "--data.predict_path", str(posts_csv),
+                                     "--predict_writer.output_path", str(out)))  # fmt: skip
+    assert cli.model.hparams.backbone_learning_rate is None  # LoRA and the head alone, as the checkpoint holds
+    assert len(read_predictions(out)) == 50

@@ -125,3 +125,21 @@ def test_an_adapter_for_another_base_is_a_clear_error(tiny_gpt2: str, tiny_bert:
     export_adapter(wider.model, tmp_path / "gpt2")
     with pytest.raises(UserError, match="does not fit the base model"):
         load_adapter(load_backbone(tiny_gpt2, 3), str(tmp_path / "gpt2"))  # a 3-label head
+
+
+def test_full_fine_tuning_makes_every_backbone_weight_trainable_and_part_of_the_model_id(tiny_gpt2: str) -> None:
+    from weibo_sentiment.inference.engine import trained_model_id
+
+    with pytest.raises(UserError, match="backbone_learning_rate must be above 0"):
+        SentimentClassifier(model_name_or_path=tiny_gpt2, backbone_learning_rate=0.0)
+    lora_only = SentimentClassifier(model_name_or_path=tiny_gpt2)
+    full = SentimentClassifier(model_name_or_path=tiny_gpt2, backbone_learning_rate=1e-4)
+    backbone = full.trainable_keys() - gpt2_trainable_keys()
+    assert lora_only.trainable_keys() == gpt2_trainable_keys() and backbone
+    assert not any("original_module" in key for key in full.trainable_keys())
+    # what identifies a model: its backbone's weights too when they were trained, and only then
+    for module, counts in ((lora_only, False), (full, True)):
+        before = trained_model_id(module.model)
+        with torch.no_grad():
+            module.model.base_model.model.transformer.h[0].ln_1.weight.add_(1.0)
+        assert (trained_model_id(module.model) != before) is counts

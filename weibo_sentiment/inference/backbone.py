@@ -84,7 +84,8 @@ def load_adapter(backbone: PreTrainedModel, adapter_path: str) -> PeftModel:
 
 
 def build_peft_model(settings: ModelSettings) -> PeftModel:
-    """The backbone with LoRA: a saved adapter (``adapter_path``) or a fresh one, in training mode.
+    """The backbone with LoRA: a saved adapter (``adapter_path``) or a fresh one, in training mode; with
+    ``backbone_learning_rate``, the backbone's own weights trainable too (full fine-tuning).
 
     from_pretrained returns eval mode, and Lightning keeps modules' modes: training runs with the backbone's dropout
     on, as the reference recipe does; validation and prediction switch to eval mode as usual.
@@ -92,18 +93,33 @@ def build_peft_model(settings: ModelSettings) -> PeftModel:
     backbone = load_backbone(settings.model_name_or_path, settings.num_labels)
     backbone.train()
     if settings.adapter_path:
-        return load_adapter(backbone, settings.adapter_path)
-    config = lora_config(backbone, settings.target_modules, settings.lora_r, settings.lora_alpha, settings.lora_dropout)
-    with warnings.catch_warnings():
-        # peft's PeftModel reads transformers 5's deprecated `is_gradient_checkpointing` (a FutureWarning printed
-        # before a user's first answer); gradient checkpointing is off here, and peft reads the new name once it has
-        # it.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        return get_peft_model(backbone, config)
+        model = load_adapter(backbone, settings.adapter_path)
+    else:
+        config = lora_config(backbone, settings.target_modules, settings.lora_r, settings.lora_alpha,
+                             settings.lora_dropout)  # fmt: skip
+        with warnings.catch_warnings():
+            # peft's PeftModel reads transformers 5's deprecated `is_gradient_checkpointing` (a FutureWarning printed
+            # before a user's first answer); gradient checkpointing is off here, and peft reads the new name once it
+            # has it.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(backbone, config)
+    if settings.backbone_learning_rate is not None:
+        for name, parameter in model.named_parameters():
+            # peft keeps the head's pretrained copy (original_module) beside the trained one: it never runs
+            if not is_adapter_or_head(name) and "original_module" not in name:
+                parameter.requires_grad_(True)
+    return model
+
+
+def is_adapter_or_head(name: str) -> bool:
+    """Whether a peft model's parameter is LoRA's or the classification head's (trained at ``learning_rate``), not
+    the backbone's own (frozen, or trained at ``backbone_learning_rate``)."""
+    return "lora_" in name or "modules_to_save" in name
 
 
 def trainable_shapes(peft_model: PeftModel) -> dict[str, torch.Size]:
-    """The checkpoint keys and shapes of a peft model's trainable tensors (LoRA matrices, classification head)."""
+    """The checkpoint keys and shapes of a peft model's trainable tensors (LoRA matrices, classification head, and
+    with full fine-tuning the backbone's weights)."""
     return {CHECKPOINT_PREFIX + name: p.shape for name, p in peft_model.named_parameters() if p.requires_grad}
 
 

@@ -26,8 +26,10 @@ from weibo_sentiment.errors import UserError, first_line
 
 LAST = "last"
 """``--ckpt_path last``: the newest ``last.ckpt`` under the run's ``lightning_logs/`` (or ``checkpoint.dirpath``)."""
-ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules")
-"""Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded."""
+ARCHITECTURE_HPARAMS = ("num_labels", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+                        "backbone_learning_rate")  # fmt: skip
+"""Hyper-parameters that shape the saved tensors: a checkpoint's values win over the config when it is loaded.
+(``backbone_learning_rate``: whether the backbone's own weights were trained, so saved, too.)"""
 MANIFEST = "weibo_sentiment_export.json"
 """The file that marks a directory written by ``main.py export``."""
 ADAPTER_CONFIG = "adapter_config.json"
@@ -124,7 +126,12 @@ def locate_checkpoint(ckpt_path: str, root_dir: Optional[str | Path] = None, che
 def checkpoint_architecture(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters that shape a checkpoint's tensors; they win over a config's."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    return {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
+    architecture = {key: hparams[key] for key in ARCHITECTURE_HPARAMS if key in hparams}
+    if hparams:
+        # Our checkpoints record every model setting; one without this one was written before full fine-tuning
+        # existed, so it holds LoRA and the head alone, whatever the config now asks for.
+        architecture.setdefault("backbone_learning_rate", None)
+    return architecture
 
 
 def resolve_model_source(

@@ -34,12 +34,19 @@ def export_adapter(peft_model: Any, out_dir: Path) -> None:
         peft_model.save_pretrained(str(staging))
 
 
+def fine_tunes_the_backbone(module: pl.LightningModule) -> bool:
+    """Whether the model trains its backbone's own weights too (``model.backbone_learning_rate``)."""
+    settings = getattr(module, "settings", None)
+    return getattr(settings, "backbone_learning_rate", None) is not None
+
+
 class AdapterCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder, keeps
     ``last.ckpt`` current, and writes it when a stop signal ends training (see ``stopping``).
 
     The adapter lands in ``<run folder>/adapter`` (beside ``checkpoints/``), loadable with plain
-    ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``.
+    ``PeftModel.from_pretrained(base, path)`` or ``main.py predict --model.adapter_path``; not with full fine-tuning
+    (``model.backbone_learning_rate``), whose trained backbone only a checkpoint holds.
     """
 
     def __init__(
@@ -73,6 +80,10 @@ class AdapterCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if fine_tunes_the_backbone(pl_module):
+            rank_zero_info("Full fine-tuning (model.backbone_learning_rate): each checkpoint holds the whole model, "
+                           f"and no adapter is exported to {self.adapter_dir}; predict, serve and export take "
+                           "--ckpt_path")  # fmt: skip
         STOP.finish_step = True  # from now on a stop signal lets the training step in progress finish
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -146,6 +157,8 @@ class AdapterCheckpoint(ModelCheckpoint):
         """A new best checkpoint was just saved (best_model_path changed) from the weights the module holds now:
         export them as the run's adapter too."""
         if self.best_model_path and self.best_model_path != best_before and trainer.is_global_zero:
+            if fine_tunes_the_backbone(trainer.lightning_module):
+                return  # an adapter would lose the backbone's trained weights: the checkpoint is the model
             export_adapter(trainer.lightning_module.model, self.adapter_dir)
 
 

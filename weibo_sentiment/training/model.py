@@ -21,7 +21,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_linear_schedule_with_warmup
 
-from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors
+from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors, is_adapter_or_head
 from weibo_sentiment.inference.engine import Engine, engine_for, exported_model_id, trained_model_id
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
@@ -58,6 +58,7 @@ class SentimentClassifier(LightningModule):
         lora_dropout: float = ModelSettings.lora_dropout,
         target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
         learning_rate: float = ModelSettings.learning_rate,
+        backbone_learning_rate: Optional[float] = None,
         adam_epsilon: float = ModelSettings.adam_epsilon,
         weight_decay: float = ModelSettings.weight_decay,
         warmup_ratio: float = ModelSettings.warmup_ratio,
@@ -98,7 +99,8 @@ class SentimentClassifier(LightningModule):
 
     # ---- what a checkpoint holds -------------------------------------------------------------------------
     def trainable_keys(self) -> set[str]:
-        """The state-dict keys of the trainable tensors: LoRA matrices and the classification head."""
+        """The state-dict keys of the trainable tensors: LoRA matrices and the classification head (and with full
+        fine-tuning, ``model.backbone_learning_rate``, the backbone's weights)."""
         return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -230,8 +232,14 @@ class SentimentClassifier(LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise UserError("the learning-rate schedule needs a length: set trainer.max_epochs or trainer.max_steps")
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        full = self.settings.backbone_learning_rate is not None  # full fine-tuning: the backbone at a rate of its own
+        groups = [{"params": [p for name, p in trainable if not full or is_adapter_or_head(name)]}]
+        if full:
+            groups.append({"params": [p for name, p in trainable if not is_adapter_or_head(name)],
+                           "lr": self.settings.backbone_learning_rate})  # fmt: skip
         optimizer = torch.optim.AdamW(
-            [p for p in self.parameters() if p.requires_grad],
+            groups,
             lr=self.settings.learning_rate,
             eps=self.settings.adam_epsilon,
             weight_decay=self.settings.weight_decay,
