@@ -117,6 +117,11 @@ def is_adapter_or_head(name: str) -> bool:
     return "lora_" in name or "modules_to_save" in name
 
 
+def fine_tuned_backbone(peft_model: PeftModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """The backbone's own parameters that train (full fine-tuning), in model order; none with LoRA alone."""
+    return [(name, p) for name, p in peft_model.named_parameters() if p.requires_grad and not is_adapter_or_head(name)]
+
+
 def trainable_shapes(peft_model: PeftModel) -> dict[str, torch.Size]:
     """The checkpoint keys and shapes of a peft model's trainable tensors (LoRA matrices, classification head, and
     with full fine-tuning the backbone's weights)."""

@@ -232,12 +232,9 @@ def _add_trained_tensors(digest: Any, peft_model: Any) -> None:
     settings to ``digest``."""
     from peft import get_peft_model_state_dict
 
-    from weibo_sentiment.inference.backbone import is_adapter_or_head
+    from weibo_sentiment.inference.backbone import fine_tuned_backbone
 
-    adapter = sorted(get_peft_model_state_dict(peft_model).items())
-    backbone = [(name, p) for name, p in peft_model.named_parameters()
-                if p.requires_grad and not is_adapter_or_head(name)]  # fmt: skip
-    for name, tensor in adapter + backbone:
+    for name, tensor in sorted(get_peft_model_state_dict(peft_model).items()) + fine_tuned_backbone(peft_model):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     # Sorted keys, and sets (target_modules) as sorted lists: the same settings give the same key in every process.

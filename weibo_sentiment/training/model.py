@@ -21,7 +21,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_linear_schedule_with_warmup
 
-from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors, is_adapter_or_head
+from weibo_sentiment.inference.backbone import build_peft_model, check_trainable_tensors, fine_tuned_backbone
 from weibo_sentiment.inference.engine import Engine, engine_for, exported_model_id, trained_model_id
 from weibo_sentiment.inference.model_source import is_exported, read_manifest, refuse_checkpoint
 from weibo_sentiment.errors import UserError
@@ -232,12 +232,11 @@ class SentimentClassifier(LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
             raise UserError("the learning-rate schedule needs a length: set trainer.max_epochs or trainer.max_steps")
-        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        full = self.settings.backbone_learning_rate is not None  # full fine-tuning: the backbone at a rate of its own
-        groups = [{"params": [p for name, p in trainable if not full or is_adapter_or_head(name)]}]
-        if full:
-            groups.append({"params": [p for name, p in trainable if not is_adapter_or_head(name)],
-                           "lr": self.settings.backbone_learning_rate})  # fmt: skip
+        backbone = [p for _, p in fine_tuned_backbone(self.model)]  # full fine-tuning: a rate of its own
+        in_backbone = {id(p) for p in backbone}
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in in_backbone]}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.settings.backbone_learning_rate})
         optimizer = torch.optim.AdamW(
             groups,
             lr=self.settings.learning_rate,
