@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import pytest
-import torch
+
+# Under pytest-xdist the workers, and the processes each starts, share the CPUs: each gets its share of compute threads
+# (torch's and onnxruntime's follow OMP_NUM_THREADS), not all of them each, where their threads would spin against one
+# another's. Set before torch is imported, and inherited by every process a test starts.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+
+import torch  # noqa: E402
 
 from database_servers import Server, remove, start_mariadb, start_postgresql
 from tools.tiny_models import build_bert, build_gpt2

@@ -61,6 +61,12 @@ def wait_for(condition: callable, process: subprocess.Popen, timeout: float = 12
         time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a running process has had (user and system): how far it got, whatever share of the CPUs it had."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---- main.py ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def long_train_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -89,12 +95,16 @@ def test_fit_stopped_writes_last_ckpt_where_it_stood_and_resumes_to_the_same_sta
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     process = start([sys.executable, "main.py", *args], tmp_path / "logs")
     wait_for(last.exists, process)  # the first epoch's validation is done (an epoch takes ~2 s here)
-    time.sleep(0.5)  # into the second epoch's training steps
+    # Into the second epoch's training steps: measured in the CPU time the run has had since, not in wall time, which
+    # says nothing of its progress when other processes share the CPUs (a second test worker): ~20-40 steps of 85.
+    into_the_second_epoch = cpu_seconds(process.pid) + 1.0
+    wait_for(lambda: cpu_seconds(process.pid) > into_the_second_epoch, process)
     code, took, stdout, stderr = stopped(process, signum)
     assert code == 128 + signum, stderr[-2000:]
     assert took < 10 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == f"stopped by {signal.Signals(signum).name}"
     stopped_at = torch.load(last, weights_only=True)["global_step"]
+    print(f"stopped at step {stopped_at}")
     assert 85 < stopped_at < uninterrupted["global_step"], "not stopped mid-run: the test's timing needs a look"
     # It says where it stopped and how to go on.
     assert f"Stopped by {signal.Signals(signum).name} after step {stopped_at}: wrote {last}" in stdout
