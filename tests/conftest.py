@@ -201,12 +201,17 @@ def start_in_own_group(args: list[str], **popen_kwargs) -> subprocess.Popen:
     return subprocess.Popen(args, start_new_session=True, preexec_fn=restore_sigint, **popen_kwargs)
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc/PID/stat after the command's name (which may hold spaces): state, ppid, pgrp, ..."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def alive_in_group(pgid: int) -> list[int]:
     """Processes of the group that still run (zombies waiting to be reaped do not count)."""
     alive = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(stat)
         except OSError:
             continue
         if fields[0] != "Z" and int(fields[2]) == pgid:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import (QUICKSTART, REPO, alive_in_group, assert_same_weights, cli_args, real_rows, run_main,
-                      start_in_own_group, stop_process_group, write_csv)  # fmt: skip
+                      start_in_own_group, stat_fields, stop_process_group, write_csv)  # fmt: skip
 from test_serve import call, free_port, post
 
 pytestmark = pytest.mark.e2e  # every test here starts processes of ours (see pyproject.toml)
@@ -63,7 +63,7 @@ def wait_for(condition: callable, process: subprocess.Popen, timeout: float = 12
 
 def cpu_seconds(pid: int) -> float:
     """The CPU time a running process has had (user and system): how far it got, whatever share of the CPUs it had."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
