@@ -87,21 +87,22 @@ LORA_ALONE = ["--model.backbone_learning_rate", "null", "--trainer.precision", "
 
 def human_study() -> Study:
     corpus = ["{corpus}", "--data.emoticon_dropout"]
+    corpus_alone = lambda dropout: [*corpus, dropout, "--data.train_weight", CORPUS_ALONE]  # noqa: E731
     people = ["--data.train_sources", "[{people}]"]
     variants = {}
     for classes in (2, 3):
         name = f"{classes} classes"
         if classes == 2:  # a corpus without neutral posts teaches no neutral class: no three-class run of it alone
             for dropout in ("0.5", "1.0"):
-                variants[f"corpus alone, emoticon dropout {dropout}, {name}"] = Variant(
-                    [[*corpus, dropout, "--data.train_weight", CORPUS_ALONE]], classes)  # fmt: skip
+                variants[f"corpus alone, emoticon dropout {dropout}, {name}"] = Variant([corpus_alone(dropout)],
+                                                                                        classes)  # fmt: skip
         variants[f"people alone, {name}"] = Variant([people], classes)
         variants[f"corpus and people mixed, {name}"] = Variant([[*corpus, "1.0", *people]], classes)
         # In stages: the corpus drawn as when it trains alone (the config's 0.05 is its share beside people's posts,
         # ~2,300 posts, too few to learn from first), then people's labels; with LoRA alone, because a stage hands
         # the next its adapter, which holds no fine-tuned backbone.
         variants[f"corpus, then people, {name}"] = Variant(
-            [[*corpus, "1.0", "--data.train_weight", CORPUS_ALONE, *LORA_ALONE], [*people, *LORA_ALONE]], classes)
+            [[*corpus_alone("1.0"), *LORA_ALONE], [*people, *LORA_ALONE]], classes)
     variants[f"{SHIPPED}, LoRA alone (backbone frozen), fp32"] = Variant([[*corpus, "1.0", *people, *LORA_ALONE]], 3)
     # LoRA alone over two epochs, in bf16-mixed to stay within 15 minutes (a CPU with AVX512_BF16 or AMX).
     variants[f"{SHIPPED}, LoRA alone, 2 epochs, bf16-mixed"] = Variant(
