@@ -6,6 +6,7 @@ the Python API, the HTTP API, ``weibo-sentiment-trend`` and the BettaFish analyz
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, cli_args, read_predictions, real_rows, run_main, write_csv
@@ -213,3 +215,18 @@ def test_a_checkpoint_watching_a_metric_the_run_does_not_report_is_one_line_befo
                                         f"not report {says}")  # fmt: skip
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_two_class_checkpoint_name_shows_only_metrics_its_run_reports(tiny_gpt2: str, train_csv: Path,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """The human config's file name shows val_f1_human_3class; a two-class model trained with it reports no such
+    metric, and its checkpoint's name must not read as a three-class score of 0."""
+    config = yaml.safe_load((REPO / "configs" / "gpt2_chinese_lora_human.yaml").read_text(encoding="utf-8"))
+    template = config["checkpoint"]["filename"]
+    assert "{val_f1_human_3class:.4f}" in template
+    result = run_main(cli_args("fit", tiny_gpt2, tmp_path, "--data.train_path", str(train_csv), "--trainer.max_epochs",
+                               "1", "--data.human_val", PEOPLE % HUMAN_EVAL, "--checkpoint.monitor", "val_f1_human",
+                               "--checkpoint.filename", template))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (best,) = tmp_path.glob("lightning_logs/version_0/checkpoints/best-*.ckpt")
+    assert re.fullmatch(r"best-epoch=0-step=\d+-val_f1_human=[01]\.\d{4}\.ckpt", best.name), best.name

@@ -225,7 +225,8 @@ class SentimentCLI(LightningCLI):
 
     def _check_monitors(self) -> None:
         """A checkpoint or early stopping that watches a validation metric this run does not report (a human one
-        without data.human_val, a three-class one of a two-class model) is said before training, not after an epoch."""
+        without data.human_val, a three-class one of a two-class model) is said before training, not after an epoch;
+        a checkpoint file name that merely shows such a metric drops it instead (the human config's two-class runs)."""
         datamodule, num_labels = self.datamodule, self.model.settings.num_labels
         reported, splits = {"val_f1_mean"} if "val" in datamodule.datasets else set(), datamodule.evaluation_sets("val")
         for split in splits:
@@ -240,6 +241,9 @@ class SentimentCLI(LightningCLI):
                         " (it needs model.num_labels 3 and neutral posts to validate on)" if "_3class" in monitor else "")
                 raise UserError(f"{who} monitors {monitor}, which this run's validation does not report{hint}; it "
                                 f"reports {', '.join(sorted(reported))}")  # fmt: skip
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, AdapterCheckpoint):
+                callback.name_only_reported_metrics(reported)
 
     @contextmanager
     def _no_run_folder_left_when_cut_short(self) -> Iterator[None]:

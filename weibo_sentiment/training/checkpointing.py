@@ -4,6 +4,7 @@ for resuming (also when a stop signal ends the run), and each new best model exp
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +41,10 @@ def fine_tunes_the_backbone(module: pl.LightningModule) -> bool:
     return getattr(settings, "backbone_learning_rate", None) is not None
 
 
+VALIDATION_METRIC_IN_NAME = re.compile(r"[-_]?\{(val_\w+)(?::[^}]*)?\}")
+"""A validation metric in a checkpoint file name template (``-{val_f1:.4f}``), with the separator before it."""
+
+
 class AdapterCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also exports each new best model as a peft adapter in the run's folder, keeps
     ``last.ckpt`` current, and writes it when a stop signal ends training (see ``stopping``).
@@ -63,6 +68,13 @@ class AdapterCheckpoint(ModelCheckpoint):
         self.adapter_dirname = adapter_dirname
         self.last_every_n_train_steps = last_every_n_train_steps
         self._stopped_after_step = False  # set when a stop signal ended training after a step, here
+
+    def name_only_reported_metrics(self, reported: set[str]) -> None:
+        """Drop from the file name template each validation metric this run does not report: Lightning would write
+        0 for it (``val_f1_human_3class=0.0000`` in a two-class model's name), which reads as a score."""
+        if self.filename:
+            kept = VALIDATION_METRIC_IN_NAME.sub(lambda m: m[0] if m[1] in reported else "", self.filename)
+            self.filename = kept.strip("-_") or "{epoch}-{step}"
 
     @property
     def adapter_dir(self) -> Path:
